@@ -1,0 +1,47 @@
+"""gmpq_ray.core: everything one process needs, in pure PyTorch (no Ray, no Optuna).
+
+This package must import and run on a GPU host that has PyTorch but neither Ray nor Optuna.
+"""
+
+from gmpq_ray.core.attribution import (
+    FeatureTap,
+    attribution_rank_consistency,
+    capacity_exponent,
+    class_activation_map,
+    gradcam_map,
+    imitation_loss,
+    spearman,
+)
+from gmpq_ray.core.calibration import calibrate
+from gmpq_ray.core.complexity import CostModel, format_bops, module_macs
+from gmpq_ray.core.convert import (
+    apply_policy,
+    argmax_policy,
+    default_fixed_layers,
+    pinned_policy,
+    searched_layers,
+    supernet_layers,
+    to_supernet,
+)
+from gmpq_ray.core.data import DataBundle, load_digits, make_synthetic
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.evaluation import Evaluation, evaluate_with_arc
+from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
+from gmpq_ray.core.models import create_model, list_models, register_model
+from gmpq_ray.core.objective import GMPQObjective
+from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quantizers import ActivationQuantizer, mix_weights, quantize_weight
+from gmpq_ray.core.repair import repair_policy
+from gmpq_ray.core.searchspace import SearchSpace
+from gmpq_ray.core.training import NonFiniteLossError, evaluate, run_epoch, train_classifier
+
+__all__ = [
+    "ActivationQuantizer", "CostModel", "DataBundle", "Evaluation", "FeatureTap", "GMPQObjective",
+    "LayerBits", "MixedPrecisionConv2d", "NonFiniteLossError", "Policy", "QuantConv2d", "QuantLinear",
+    "SearchSpace", "UserInputError", "apply_policy", "argmax_policy", "attribution_rank_consistency",
+    "calibrate", "capacity_exponent", "class_activation_map", "create_model", "default_fixed_layers",
+    "evaluate", "evaluate_with_arc", "format_bops", "gradcam_map", "imitation_loss", "list_models",
+    "load_digits", "make_synthetic", "mix_weights", "module_macs", "pinned_policy", "quantize_weight",
+    "register_model", "repair_policy", "run_epoch", "searched_layers", "spearman", "supernet_layers",
+    "to_supernet", "train_classifier",
+]

@@ -1,0 +1,58 @@
+"""The evaluation protocol both search methods share: accuracy and ARC against the FP teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gmpq_ray.core.attribution import FeatureTap, attribution_rank_consistency, class_activation_map
+
+
+@dataclass
+class Evaluation:
+    """Validation loss, top-1 accuracy and attribution rank consistency of a model."""
+
+    loss: float
+    accuracy: float
+    arc: float
+
+
+@torch.no_grad()
+def evaluate_with_arc(
+    model: nn.Module,
+    teacher: nn.Module,
+    model_name: str,
+    loader: Iterable,
+    device: torch.device | str = "cpu",
+) -> Evaluation:
+    """Accuracy of ``model`` and its ARC (Spearman of attribution maps) against ``teacher``.
+
+    The maps are taken for the ground-truth class of each image.
+    """
+    model.eval()
+    teacher.eval()
+    student_tap, teacher_tap = FeatureTap(model, model_name), FeatureTap(teacher, model_name)
+    try:
+        loss_sum = torch.zeros((), device=device)
+        arc_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        samples = 0
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            teacher(images)
+            student_maps = class_activation_map(student_tap.features, student_tap.classifier_weight(), labels)
+            teacher_maps = class_activation_map(teacher_tap.features, teacher_tap.classifier_weight(), labels)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            arc_sum += attribution_rank_consistency(student_maps, teacher_maps) * labels.shape[0]
+            correct += (logits.argmax(1) == labels).sum()
+            samples += labels.shape[0]
+    finally:
+        student_tap.remove()
+        teacher_tap.remove()
+    n = max(samples, 1)
+    return Evaluation(float(loss_sum) / n, float(correct) / n, float(arc_sum) / n)

@@ -1,0 +1,95 @@
+"""The GMPQ search loss: cross-entropy + λ_attr · attribution imitation + λ_c · complexity."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gmpq_ray.core.attribution import FeatureTap, capacity_exponent, class_activation_map, gradcam_map, imitation_loss
+from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.convert import supernet_layers
+
+AttributionPath = Literal["closed_form", "autograd"]
+
+
+class GMPQObjective:
+    """Loss function of a supernet search step, usable as the ``loss_fn`` of ``run_epoch``.
+
+    ``L = CE + lambda_attr * L_attr + lambda_c * E[BOPs] / bops_limit``: the complexity term is
+    the expected searched-layer BOPs under softmax(α) relative to the budget, so ``lambda_c``
+    means the same on every architecture. The teacher runs once per step without autograd.
+
+    Args:
+        student: the supernet (after :func:`~gmpq_ray.core.convert.to_supernet`).
+        teacher: the FP model, in eval mode; its parameters are not trained.
+        model_name: registry name of both networks (locates the feature map and classifier).
+        cost: the deployment cost model.
+        bops_limit: the searched-layer BOPs budget.
+        attribution: ``"closed_form"`` (class activation map) or ``"autograd"`` (Grad-CAM with a
+            second backward pass, as the reference code).
+
+    Example::
+
+        objective = GMPQObjective(supernet, teacher, "resnet18", cost, 15.3e9, 40.0, 3.0)
+        run_epoch(supernet, loader, objective, [weight_opt, alpha_opt])
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        model_name: str,
+        cost: CostModel,
+        bops_limit: float,
+        lambda_attr: float,
+        lambda_c: float,
+        kappa: float = 24.0,
+        attribution: AttributionPath = "closed_form",
+    ) -> None:
+        if attribution not in ("closed_form", "autograd"):
+            raise ValueError(f"attribution must be 'closed_form' or 'autograd', got {attribution!r}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student_tap = FeatureTap(student, model_name)
+        self.teacher_tap = FeatureTap(teacher, model_name, leaf=attribution == "autograd")
+        self.layers = list(supernet_layers(student).items())
+        self.macs = [float(cost.macs[name]) for name, _ in self.layers]
+        self.bops_limit = float(bops_limit)
+        self.lambda_attr, self.lambda_c, self.kappa = float(lambda_attr), float(lambda_c), float(kappa)
+        self.attribution = attribution
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    def teacher_maps(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.attribution == "closed_form":
+            with torch.no_grad():
+                self.teacher(images)
+                return class_activation_map(self.teacher_tap.features, self.teacher_tap.classifier_weight(), labels)
+        # The tap hands the head a leaf copy of the features: the teacher's backbone builds
+        # no graph, only its head does.
+        with torch.enable_grad():
+            logits = self.teacher(images)
+            return gradcam_map(self.teacher_tap.features, logits, labels, create_graph=False).detach()
+
+    def expected_bops(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        bits = [layer.expected_bits() for _, layer in self.layers]
+        total = sum(macs * w * a for macs, (w, a) in zip(self.macs, bits))
+        return total, bits
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher_maps = self.teacher_maps(images, labels)
+        logits = model(images)
+        ce = F.cross_entropy(logits, labels)
+        features = self.student_tap.features
+        if self.attribution == "closed_form":
+            student_maps = class_activation_map(features, self.student_tap.classifier_weight(), labels)
+        else:
+            student_maps = gradcam_map(features, logits, labels, create_graph=torch.is_grad_enabled())
+        expected_bops, bits = self.expected_bops()
+        attr = imitation_loss(student_maps, teacher_maps, capacity_exponent(bits, self.kappa))
+        complexity = expected_bops / self.bops_limit
+        loss = ce + self.lambda_attr * attr + self.lambda_c * complexity
+        # Kept as tensors: reading them here would force a device sync every step.
+        self.last_terms = {"ce": ce.detach(), "attr": attr.detach(), "complexity": complexity.detach()}
+        return loss, logits

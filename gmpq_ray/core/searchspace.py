@@ -1,0 +1,102 @@
+"""Search spaces: the architecture, bit candidates, fixed layers and BOPs budget, from YAML.
+
+Example ``searchspaces/resnet18.yaml``::
+
+    model: resnet18
+    input_size: 224          # deployment resolution: MACs are counted here
+    num_classes: 1000        # deployment classes
+    w_bits: [2, 3, 4, 6]
+    a_bits: [2, 3, 4, 6]
+    fixed_bits: 8            # first conv and classifier
+    bops_limit: 15.3G        # searched layers; a plain number means G
+
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.convert import check_fixed_layers
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.models import create_model, list_models
+from gmpq_ray.core.policy import MAX_BITS, MIN_BITS, LayerBits, check_bits
+from gmpq_ray.core.repair import policy_searched_bops
+
+_UNITS = {"": 1e9, "G": 1e9, "M": 1e6, "T": 1e12, "K": 1e3}
+
+
+def parse_bops(value: Any, where: str) -> float:
+    """BOPs from a number (in G) or a string with a unit: ``15.3``, ``"15.3G"``, ``"33M"``."""
+    if isinstance(value, bool):
+        raise UserInputError(f"{where}: expected a BOPs amount such as 15.3 or '33M', got {value!r}")
+    if isinstance(value, (int, float)):
+        amount = float(value) * 1e9
+    elif isinstance(value, str) and (match := re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([GMTK]?)\s*(?:BOPs)?\s*", value, re.I)):
+        amount = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    else:
+        raise UserInputError(f"{where}: expected a BOPs amount such as 15.3 (G) or '33M', got {value!r}")
+    require(amount > 0, where, "must be positive")
+    return amount
+
+
+@dataclass
+class SearchSpace:
+    """What a search may choose, for which architecture, under which budget."""
+
+    model: str
+    input_size: int
+    w_bits: list[int]
+    a_bits: list[int]
+    bops_limit: Any
+    num_classes: int = 1000
+    in_channels: int = 3
+    cifar_stem: bool = False
+    fixed_layers: list[str] | None = None
+    fixed_bits: int = 8
+
+    def validate(self, where: str) -> None:
+        require(self.model in list_models(), f"{where}.model", f"unknown model {self.model!r}; available: {list_models()}")
+        require(self.input_size >= 8, f"{where}.input_size", f"must be at least 8, got {self.input_size}")
+        require(self.num_classes >= 2, f"{where}.num_classes", "must be at least 2")
+        require(self.in_channels >= 1, f"{where}.in_channels", "must be at least 1")
+        for kind in ("w_bits", "a_bits"):
+            bits = getattr(self, kind)
+            require(len(bits) >= 1, f"{where}.{kind}", "needs at least one candidate")
+            require(len(set(bits)) == len(bits), f"{where}.{kind}", f"repeats a candidate: {bits}")
+            for i, b in enumerate(bits):
+                require(MIN_BITS <= b <= MAX_BITS, f"{where}.{kind}[{i}]", f"bits must be between {MIN_BITS} and {MAX_BITS}, got {b}")
+            setattr(self, kind, sorted(bits))
+        check_bits(self.fixed_bits, f"{where}.fixed_bits")
+        self.bops_limit = parse_bops(self.bops_limit, f"{where}.bops_limit")
+        cost = self.cost_model()
+        require(bool(cost.searched), f"{where}.fixed_layers", "leaves no layer to search")
+        floor = self.smallest_bops()
+        require(
+            floor <= self.bops_limit, f"{where}.bops_limit",
+            f"{self.bops_limit / 1e9:.4g} G is below the smallest policy's {floor / 1e9:.4g} G "
+            f"(every searched layer at {self.w_bits[0]}/{self.a_bits[0]} bits)",
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SearchSpace":
+        """Read and validate a search-space YAML file."""
+        return parse(cls, load_yaml(path), str(path))
+
+    @property
+    def fixed(self) -> LayerBits:
+        return LayerBits(self.fixed_bits, self.fixed_bits)
+
+    def cost_model(self) -> CostModel:
+        """MACs of the deployment model (``model`` at ``input_size``, ``num_classes``)."""
+        if self.fixed_layers is not None:
+            check_fixed_layers(create_model(self.model, self.num_classes, self.in_channels, self.cifar_stem, device="meta"), self.fixed_layers)
+        return CostModel.for_model(self.model, self.input_size, self.num_classes, self.in_channels, self.cifar_stem, self.fixed_layers)
+
+    def smallest_bops(self) -> int:
+        cost = self.cost_model()
+        return policy_searched_bops({n: LayerBits(self.w_bits[0], self.a_bits[0]) for n in cost.searched}, cost.macs)

@@ -1,0 +1,1 @@
+"""gmpq_ray.report: tables and figures of search results."""

@@ -1,0 +1,1 @@
+"""gmpq_ray.search: search trials on Ray Tune, driven by Optuna."""

@@ -1,0 +1,188 @@
+"""Search jobs: the YAML a user launches, parsed into typed, validated dataclasses.
+
+A job names a search space (a YAML path relative to the job file, or an inline mapping), the
+small data set, the FP teacher, the search method with the hyper-parameters Optuna tunes, and
+the resources per trial. See ``jobs/quickstart.yaml``. This module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.data import DataBundle, load_digits, make_synthetic
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.searchspace import SearchSpace
+from gmpq_ray.search.metrics import TRIAL_METRICS
+
+# Hyper-parameters of the differentiable search that a job may tune, with their defaults
+# (the GMPQ reference values for lambda_attr, lr_weights, lr_alpha and kappa; lambda_c is
+# relative to the budget here, see GMPQObjective).
+SEARCH_PARAM_DEFAULTS: dict[str, float] = {
+    "lambda_attr": 40.0,
+    "lambda_c": 1.0,
+    "lr_weights": 0.05,
+    "lr_alpha": 0.01,
+    "kappa": 24.0,
+    "weight_decay": 5e-4,
+}
+
+
+@dataclass
+class DataConfig:
+    """The small data set the search trains on."""
+
+    name: Literal["digits", "synthetic"] = "digits"
+    image_size: int = 16
+    batch_size: int = 64
+    val_fraction: float = 0.2
+    classes: list[int] | None = None
+    num_train: int = 256
+    num_val: int = 128
+    num_classes: int = 4
+    in_channels: int = 3
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        require(self.batch_size >= 1, f"{where}.batch_size", "must be at least 1")
+        require(self.image_size >= 8, f"{where}.image_size", "must be at least 8")
+        require(0 < self.val_fraction < 1, f"{where}.val_fraction", "must be between 0 and 1")
+        require(self.num_train >= 1 and self.num_val >= 1, f"{where}", "num_train and num_val must be positive")
+
+    def load(self) -> DataBundle:
+        """Build the data set (offline: the digits ship with scikit-learn)."""
+        if self.name == "digits":
+            return load_digits(self.image_size, self.val_fraction, self.classes, self.seed)
+        return make_synthetic(self.num_train, self.num_val, self.num_classes, self.image_size, self.in_channels, self.seed)
+
+
+@dataclass
+class TeacherConfig:
+    """The FP teacher: trained once per search, or loaded from a state dict."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    state_dict: str | None = None
+
+    def validate(self, where: str) -> None:
+        require(self.epochs >= 0, f"{where}.epochs", "must not be negative")
+        require(self.lr > 0, f"{where}.lr", "must be positive")
+        require(self.state_dict is not None or self.epochs >= 1, f"{where}", "give epochs >= 1 or a state_dict")
+
+
+@dataclass
+class ParamSpec:
+    """One tuned hyper-parameter: a fixed ``value``, a range (``low``, ``high``, ``log``), or ``choices``."""
+
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float] | None = None
+
+    def validate(self, where: str) -> None:
+        given = [self.value is not None, self.low is not None or self.high is not None, self.choices is not None]
+        require(sum(given) == 1, where, "give exactly one of value, low/high, or choices")
+        if self.low is not None or self.high is not None:
+            require(self.low is not None and self.high is not None, where, "a range needs both low and high")
+            require(self.low < self.high, where, f"low ({self.low}) must be below high ({self.high})")
+            require(not self.log or self.low > 0, where, "a log range needs low > 0")
+        if self.choices is not None:
+            require(len(self.choices) >= 1, f"{where}.choices", "needs at least one value")
+        for number in (self.value, self.low, self.high, *(self.choices or [])):
+            require(number is None or math.isfinite(number), where, "values must be finite")
+
+
+@dataclass
+class SearchConfig:
+    """How the search runs: method, trials, epochs, objective, sampler and tuned parameters."""
+
+    method: Literal["differentiable"] = "differentiable"
+    epochs: int = 6
+    num_trials: int = 2
+    max_concurrent_trials: int = 2
+    metric: str = "policy_accuracy"
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    attribution: Literal["closed_form", "autograd"] = "closed_form"
+    fill_budget: bool = True
+    max_failures: int = 2
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        require(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
+        require(self.num_trials >= 1, f"{where}.num_trials", "must be at least 1")
+        require(self.max_concurrent_trials >= 1, f"{where}.max_concurrent_trials", "must be at least 1")
+        require(self.max_failures >= 0, f"{where}.max_failures", "must not be negative")
+        unknown = sorted(set(self.params) - set(SEARCH_PARAM_DEFAULTS))
+        require(not unknown, f"{where}.params", f"unknown parameter(s) {unknown}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
+        require(self.metric in TRIAL_METRICS, f"{where}.metric", f"{self.metric!r} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
+
+    def resolved_params(self) -> dict[str, ParamSpec]:
+        """Every tunable parameter: the job's spec, or its fixed default."""
+        return {name: self.params.get(name, ParamSpec(value=default)) for name, default in SEARCH_PARAM_DEFAULTS.items()}
+
+
+@dataclass
+class ResourcesConfig:
+    """Resources of one trial."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+    def validate(self, where: str) -> None:
+        require(self.cpus_per_trial > 0, f"{where}.cpus_per_trial", "must be positive")
+        require(self.gpus_per_trial >= 0, f"{where}.gpus_per_trial", "must not be negative")
+
+
+@dataclass
+class Job:
+    """A whole search job."""
+
+    name: str
+    searchspace: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    base_dir: str = field(default=".", init=False)
+
+    def validate(self, where: str) -> None:
+        require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{where}.name",
+                "must be letters, digits, '-' or '_'")
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.searchspace
+
+
+def load_job(path: str | Path) -> Job:
+    """Read, validate and resolve a job file (search space and paths relative to it)."""
+    path = Path(path)
+    raw = load_yaml(path)
+    job = parse(Job, raw, str(path))
+    base = path.resolve().parent
+    job.base_dir = str(base)
+    job.searchspace = _load_space(job.searchspace, base, f"{path}: searchspace")
+    if job.teacher.state_dict is not None:
+        state = (base / job.teacher.state_dict).resolve()
+        if not state.is_file():
+            raise UserInputError(f"{path}: teacher.state_dict {state} does not exist")
+        job.teacher.state_dict = str(state)
+    return job
+
+
+def _load_space(value: Any, base: Path, where: str) -> SearchSpace:
+    if isinstance(value, str):
+        space_path = (base / value).resolve()
+        if not space_path.is_file():
+            raise UserInputError(f"{where}: search space file {space_path} does not exist")
+        return SearchSpace.load(space_path)
+    if isinstance(value, dict):
+        return parse(SearchSpace, value, where)
+    raise UserInputError(f"{where}: give a search space YAML path or an inline mapping")

@@ -1,0 +1,14 @@
+"""Names of the metrics a search trial reports every epoch (declared once, used everywhere)."""
+
+TRIAL_METRICS: dict[str, str] = {
+    "loss": "training loss of the supernet (CE + attribution + complexity terms)",
+    "ce": "training cross-entropy",
+    "attr_loss": "training attribution-imitation loss",
+    "accuracy": "validation top-1 of the supernet (mixed bits)",
+    "arc": "validation attribution rank consistency of the supernet",
+    "expected_bops_g": "expected searched-layer BOPs under softmax(alpha), G",
+    "argmax_bops_g": "searched-layer BOPs of the argmax policy, G",
+    "policy_bops_g": "searched-layer BOPs of the derived (repaired) policy, G",
+    "policy_accuracy": "validation top-1 of the derived policy with the supernet's weights",
+    "policy_arc": "validation ARC of the derived policy",
+}

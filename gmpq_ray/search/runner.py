@@ -1,0 +1,245 @@
+"""Running a search: validate, train the teacher, run Ray Tune trials driven by Optuna, report.
+
+Everything the user gave is checked before the output folder is created, so bad input leaves
+no half-written folder behind. The output folder then receives:
+
+* ``tune/``: the Ray Tune experiment (trial folders, checkpoints, experiment state);
+* ``study.db``: the Optuna study (SQLite; ``optuna-dashboard sqlite:///DIR/study.db``);
+* ``teacher.pt``: the FP teacher's state dict;
+* ``trials.csv``: one row a trial (its hyper-parameters, last metrics, status);
+* ``best_policy.json`` and ``best_policy.png``: the best trial's derived policy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pandas as pd
+import ray
+import torch
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from gmpq_ray.core.complexity import format_bops
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.models import create_model
+from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.training import train_classifier
+from gmpq_ray.report.figures import plot_policy
+from gmpq_ray.search.job import Job, ParamSpec, load_job
+from gmpq_ray.search.metrics import TRIAL_METRICS
+from gmpq_ray.search.trial import POLICY_FILE, TrialContext, supernet_trial, trial_device
+
+RESULT_FILES = ("best_policy.json", "trials.csv", "study.db", "tune")
+
+
+@dataclass
+class SearchResult:
+    """What :func:`run_search` produced."""
+
+    output_dir: Path
+    best_policy: Policy
+    best_policy_path: Path
+    trials: pd.DataFrame
+    seconds: float
+
+
+def tune_domain(spec: ParamSpec):
+    """The Ray Tune search domain (or constant) of one tuned hyper-parameter."""
+    if spec.value is not None:
+        return spec.value
+    if spec.choices is not None:
+        return tune.choice(list(spec.choices))
+    return (tune.loguniform if spec.log else tune.uniform)(spec.low, spec.high)
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Check that ``path`` may receive this run's results (created later, after validation)."""
+    path = Path(path).resolve()
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"--output {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserInputError(
+            f"--output {path} already holds results; choose a new folder or pass --overwrite to replace them"
+        )
+    return path
+
+
+def load_teacher_state(job: Job, num_classes: int, in_channels: int) -> dict[str, torch.Tensor] | None:
+    """The teacher's state dict from ``teacher.state_dict``, checked against the model (or None)."""
+    if job.teacher.state_dict is None:
+        return None
+    path = job.teacher.state_dict
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
+        raise UserInputError(f"teacher.state_dict {path}: not a loadable PyTorch state dict ({type(err).__name__})") from None
+    model = create_model(job.space.model, num_classes, in_channels, job.space.cifar_stem)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise UserInputError(f"teacher.state_dict {path}: does not match {job.space.model} ({str(err).splitlines()[0]})") from None
+    return model.state_dict()
+
+
+def start_ray(address: str | None) -> bool:
+    """Join the cluster at ``address``, or start an embedded local Ray; True if we started it."""
+    if ray.is_initialized():
+        return False
+    try:
+        # No dashboard unless a user starts one; Ray keeps token authentication on.
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UserInputError(f"--address {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0]})") from None
+    return True
+
+
+def make_searcher(job: Job, study_path: Path) -> OptunaSearch:
+    """Ray Tune's OptunaSearch over the job's hyper-parameters, its study stored in SQLite."""
+    sampler = (
+        optuna.samplers.TPESampler(seed=job.search.seed)
+        if job.search.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=job.search.seed)
+    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+    return OptunaSearch(sampler=sampler, storage=storage, study_name=job.name)
+
+
+def run_search(
+    job: Job | str | Path,
+    output_dir: str | Path,
+    address: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Run a GMPQ search job and write its results to ``output_dir``.
+
+    Args:
+        job: a :class:`Job` or the path of a job YAML file.
+        output_dir: the run folder (must be new or empty unless ``overwrite``).
+        address: a Ray cluster address (``auto`` or ``host:port``); None starts a local Ray.
+        overwrite: replace the results of an earlier run in ``output_dir``.
+        progress: progress bars for teacher training.
+        log: where progress lines and the summary go.
+
+    Example::
+
+        result = gmpq_ray.search("jobs/quickstart.yaml", "runs/quickstart")
+        print(result.best_policy_path)
+    """
+    start = time.perf_counter()
+    if not isinstance(job, Job):
+        job = load_job(job)
+    out = prepare_output_dir(output_dir, overwrite)
+    data = job.data.load()
+    teacher_state = load_teacher_state(job, data.num_classes, data.in_channels)
+
+    # Validation is over: from here on the folder is ours.
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    space = job.space
+    log(f"search space: {space.model}, w_bits {space.w_bits}, a_bits {space.a_bits}, "
+        f"limit {format_bops(space.bops_limit)} (searched layers at {space.input_size}x{space.input_size})")
+    if teacher_state is None:
+        teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
+        train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
+        torch.manual_seed(job.search.seed)
+        device = trial_device(job)
+        train_classifier(teacher, train_loader, val_loader, job.teacher.epochs, job.teacher.lr,
+                         job.teacher.weight_decay, device, progress=progress, log=log)
+        teacher_state = {k: v.cpu() for k, v in teacher.state_dict().items()}
+    torch.save(teacher_state, out / "teacher.pt")
+
+    started_ray = start_ray(address)
+    try:
+        grid = _fit(job, out, teacher_state)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    trials = trials_table(grid, job)
+    _write_csv(trials, out / "trials.csv")
+    best = _best_result(grid, job)
+    with best.checkpoint.as_directory() as folder:
+        policy = Policy.load(Path(folder) / POLICY_FILE)
+    best_path = out / "best_policy.json"
+    policy.save(best_path)
+    plot_policy(policy, out / "best_policy.png", title=f"{job.name}: best policy")
+    seconds = time.perf_counter() - start
+    log(summary(trials, job, policy, best_path, seconds))
+    return SearchResult(out, policy, best_path, trials, seconds)
+
+
+def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor]) -> tune.ResultGrid:
+    trainable = tune.with_parameters(supernet_trial, context=TrialContext(job=job, teacher_state=teacher_state))
+    resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={name: tune_domain(spec) for name, spec in job.search.resolved_params().items()},
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(job, out / "study.db"),
+            metric=job.search.metric,
+            mode=job.search.mode,
+            num_samples=job.search.num_trials,
+            max_concurrent_trials=job.search.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(out),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=job.search.max_failures),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
+
+
+def trials_table(grid: tune.ResultGrid, job: Job) -> pd.DataFrame:
+    """One row a trial: id, status, tuned hyper-parameters, last reported metrics, error."""
+    tuned = [name for name, spec in job.search.resolved_params().items() if spec.value is None]
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        row = {
+            "trial_id": metrics.get("trial_id", Path(result.path).name),
+            "status": "ERROR" if result.error else "TERMINATED",
+            "epochs": metrics.get("epoch", 0),
+        }
+        row.update({name: result.config.get(name) for name in tuned})
+        row.update({name: metrics.get(name) for name in TRIAL_METRICS})
+        row["error"] = str(result.error).splitlines()[0] if result.error else ""
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
+
+
+def _best_result(grid: tune.ResultGrid, job: Job):
+    ok = [r for r in grid if not r.error and r.checkpoint is not None and job.search.metric in (r.metrics or {})]
+    if not ok:
+        errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error)[:500]
+        raise RuntimeError(f"no search trial finished ({errors or 'no results'})")
+    sign = 1 if job.search.mode == "max" else -1
+    return max(ok, key=lambda r: sign * r.metrics[job.search.metric])
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    write_text_atomic(path, frame.to_csv(index=False))
+
+
+def summary(trials: pd.DataFrame, job: Job, policy: Policy, best_path: Path, seconds: float) -> str:
+    """The table printed at the end of a search."""
+    columns = [c for c in trials.columns if c not in ("error", "loss", "ce", "attr_loss")]
+    table = trials[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    bits = ", ".join(f"{b.w_bits}/{b.a_bits}" for b in policy.layers.values())
+    return (
+        f"\n== {job.name}: {len(trials)} trial(s), {int((trials.status == 'ERROR').sum())} errored, {seconds:.0f} s ==\n"
+        f"{table}\n\n"
+        f"best policy ({job.search.metric} {job.search.mode}): {policy.bops.get('searched_g', float('nan')):.4g} G BOPs "
+        f"(limit {job.space.bops_limit / 1e9:.4g} G), w/a bits per layer: {bits}\n"
+        f"best policy written to {best_path}\n"
+    )

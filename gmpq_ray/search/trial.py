@@ -1,0 +1,173 @@
+"""The differentiable GMPQ search trial: a plain function of its config, reporting each epoch.
+
+Each epoch the trial trains the supernet (network weights and α on separate optimizers), then
+evaluates on the validation split the supernet and the *derived policy* (the argmax policy,
+repaired deterministically to the BOPs budget and, if the job says so, filled up to it) run
+with the supernet's shared weights. It reports the metrics of :data:`TRIAL_METRICS` and a
+checkpoint holding the supernet, both optimizers, the epoch, RNG state and the derived
+policy (``policy.json``), from which an interrupted trial resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from gmpq_ray.core.calibration import calibrate
+from gmpq_ray.core.convert import argmax_policy, pinned_policy, supernet_layers, to_supernet
+from gmpq_ray.core.evaluation import evaluate_with_arc
+from gmpq_ray.core.models import create_model
+from gmpq_ray.core.objective import GMPQObjective
+from gmpq_ray.core.policy import Policy
+from gmpq_ray.core.repair import repair_policy
+from gmpq_ray.core.training import run_epoch
+from gmpq_ray.search.job import Job
+
+STATE_FILE = "trial_state.pt"
+POLICY_FILE = "policy.json"
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a search shares: the job and the FP teacher's weights."""
+
+    job: Job
+    teacher_state: dict[str, torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def trial_device(job: Job) -> torch.device:
+    return torch.device("cuda" if job.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+
+
+def derive_policy(supernet: torch.nn.Module, job: Job) -> tuple[Policy, Policy]:
+    """(argmax policy, policy repaired to the budget) of a supernet.
+
+    Repair values each choice by its α log-probability, so it lowers first the bits the
+    supernet was least sure of and fills the budget with the ones it wanted most.
+    """
+    space = job.space
+    argmax = argmax_policy(supernet, space.model, space.input_size)
+    log_probs = {
+        name: {
+            "w_bits": dict(zip(layer.w_candidates, layer.alpha_w.detach().log_softmax(0).tolist())),
+            "a_bits": dict(zip(layer.a_candidates, layer.alpha_a.detach().log_softmax(0).tolist())),
+        }
+        for name, layer in supernet_layers(supernet).items()
+    }
+    cost = space.cost_model()
+    repaired = repair_policy(
+        argmax, cost.macs, space.bops_limit, space.w_bits, space.a_bits,
+        value=lambda layer, kind, bits: log_probs[layer][kind][bits], fill=job.search.fill_budget,
+    )
+    searched, total = cost.policy_bops(repaired, space.fixed)
+    repaired.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+    return argmax, repaired
+
+
+def build_supernet(job: Job, teacher_state: dict[str, torch.Tensor], data, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The frozen FP teacher and a supernet initialized from its weights."""
+    space = job.space
+    teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
+    teacher.load_state_dict(teacher_state)
+    teacher.to(device).eval().requires_grad_(False)
+    student = to_supernet(copy.deepcopy(teacher).requires_grad_(True), space.w_bits, space.a_bits, space.fixed_layers, space.fixed)
+    return teacher, student
+
+
+def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Ray Tune function trainable of the differentiable search (see module docstring)."""
+    job = context.job
+    space = job.space
+    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
+    device = trial_device(job)
+    # A stable per-trial seed (str hashes change between processes).
+    seed_everything(job.search.seed + zlib.crc32(tune.get_context().get_trial_id().encode()))
+    data = job.data.load()
+    train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
+    teacher, supernet = build_supernet(job, context.teacher_state, data, device)
+    supernet.to(device)
+
+    alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
+    clips = [p for n, p in supernet.named_parameters() if n.endswith("act_quant.clip")]
+    weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a", "act_quant.clip"))]
+    weight_opt = torch.optim.SGD(
+        [{"params": weights, "weight_decay": config["weight_decay"]}, {"params": clips, "weight_decay": 0.0}],
+        lr=config["lr_weights"], momentum=0.9,
+    )
+    alpha_opt = torch.optim.SGD(alphas, lr=config["lr_alpha"], momentum=0.9)
+    epochs = job.search.epochs
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weight_opt, T_max=epochs)
+
+    start_epoch = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+        supernet.load_state_dict(state["supernet"])
+        weight_opt.load_state_dict(state["weight_opt"])
+        alpha_opt.load_state_dict(state["alpha_opt"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    else:
+        calibrate(supernet, train_loader, device)
+
+    cost = space.cost_model()
+    objective = GMPQObjective(
+        supernet, teacher, space.model, cost, space.bops_limit,
+        config["lambda_attr"], config["lambda_c"], config["kappa"], job.search.attribution,
+    )
+    for epoch in range(start_epoch + 1, epochs + 1):
+        train = run_epoch(supernet, train_loader, objective, [weight_opt, alpha_opt], device, desc=f"search epoch {epoch}")
+        schedule.step()
+        terms = {name: float(value) for name, value in objective.last_terms.items()}
+        supernet_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
+        argmax, policy = derive_policy(supernet, job)
+        with pinned_policy(supernet, policy):
+            policy_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
+        metrics = {
+            "epoch": epoch,
+            "loss": train.loss,
+            "ce": terms["ce"],
+            "attr_loss": terms["attr"],
+            "accuracy": supernet_eval.accuracy,
+            "arc": supernet_eval.arc,
+            "expected_bops_g": float(objective.expected_bops()[0]) / 1e9,
+            "argmax_bops_g": cost.policy_bops(argmax, space.fixed)[0] / 1e9,
+            "policy_bops_g": policy.bops["searched_g"],
+            "policy_accuracy": policy_eval.accuracy,
+            "policy_arc": policy_eval.arc,
+        }
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(f"epoch {epoch}: non-finite metrics {metrics}")
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(
+                {
+                    "supernet": supernet.state_dict(),
+                    "weight_opt": weight_opt.state_dict(),
+                    "alpha_opt": alpha_opt.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                },
+                os.path.join(folder, STATE_FILE),
+            )
+            policy.save(os.path.join(folder, POLICY_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
