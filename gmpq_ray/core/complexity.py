@@ -9,8 +9,8 @@ layers (the paper's convention); the total adds the fixed first conv and classif
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -69,14 +69,14 @@ class CostModel:
         in_channels: int = 3,
         cifar_stem: bool = False,
         fixed_layers: Sequence[str] | None = None,
-    ) -> "CostModel":
+    ) -> CostModel:
         """Cost model of a registered architecture at ``input_size`` x ``input_size``."""
         macs_items, default_fixed, convs = _deployment_macs(model_name, input_size, num_classes, in_channels, cifar_stem)
         fixed = tuple(default_fixed if fixed_layers is None else fixed_layers)
         return cls(macs=dict(macs_items), searched=tuple(n for n in convs if n not in fixed), fixed=fixed)
 
     @classmethod
-    def for_module(cls, model: nn.Module, input_shape: Sequence[int], fixed_layers: Sequence[str] | None = None) -> "CostModel":
+    def for_module(cls, model: nn.Module, input_shape: Sequence[int], fixed_layers: Sequence[str] | None = None) -> CostModel:
         """Cost model of an arbitrary FP module (for tests and custom networks)."""
         macs = module_macs(model, input_shape)
         fixed = tuple(default_fixed_layers(model) if fixed_layers is None else fixed_layers)

@@ -5,8 +5,8 @@ Nothing here touches the network: scikit-learn ships the digits (1,797 real 8x8 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ All of them subclass the PyTorch layer they replace, so a module swap keeps para
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ class QuantConv2d(nn.Conv2d):
         self.act_quant = ActivationQuantizer().to(self.weight.device)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bits: LayerBits) -> "QuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, bits: LayerBits) -> QuantConv2d:
         """Wrap ``conv``'s parameters (shared, not copied) at the given bits."""
         layer = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
@@ -53,7 +53,7 @@ class QuantLinear(nn.Linear):
         self.act_quant = ActivationQuantizer().to(self.weight.device)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, bits: LayerBits) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, bits: LayerBits) -> QuantLinear:
         layer = cls(
             linear.in_features, linear.out_features, bias=linear.bias is not None,
             w_bits=bits.w_bits, a_bits=bits.a_bits, device=linear.weight.device,
@@ -93,7 +93,7 @@ class MixedPrecisionConv2d(nn.Conv2d):
     @classmethod
     def from_float(
         cls, conv: nn.Conv2d, w_candidates: Sequence[int], a_candidates: Sequence[int]
-    ) -> "MixedPrecisionConv2d":
+    ) -> MixedPrecisionConv2d:
         layer = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
             padding=conv.padding, dilation=conv.dilation, groups=conv.groups,

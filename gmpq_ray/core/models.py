@@ -11,8 +11,8 @@ searched layer keeps its name and a policy found on the small model applies to t
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torchvision

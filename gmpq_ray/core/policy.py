@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from gmpq_ray.core.errors import UserInputError
 
@@ -55,7 +56,7 @@ class LayerBits:
         return {"w_bits": self.w_bits, "a_bits": self.a_bits}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "LayerBits":
+    def from_dict(cls, data: Any, where: str) -> LayerBits:
         if not isinstance(data, Mapping):
             raise UserInputError(f"{where}: expected a mapping with w_bits and a_bits, got {data!r}")
         unknown = set(data) - {"w_bits", "a_bits"}
@@ -102,7 +103,7 @@ class Policy:
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "policy") -> "Policy":
+    def from_dict(cls, data: Any, source: str = "policy") -> Policy:
         """Build a policy from parsed JSON, with errors that name the offending field."""
         if not isinstance(data, Mapping):
             raise UserInputError(f"{source}: a policy must be a JSON object")
@@ -139,7 +140,7 @@ class Policy:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str = "policy") -> "Policy":
+    def from_json(cls, text: str, source: str = "policy") -> Policy:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -151,7 +152,7 @@ class Policy:
         write_text_atomic(Path(path), self.to_json())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Policy":
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
         path = Path(path)
         if not path.is_file():
             raise UserInputError(f"policy file {path} does not exist")

@@ -18,7 +18,7 @@ activation-sized copy per candidate bitwidth.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -14,7 +14,7 @@ supernet learned.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits, Policy

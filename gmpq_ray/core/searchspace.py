@@ -83,7 +83,7 @@ class SearchSpace:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "SearchSpace":
+    def load(cls, path: str | Path) -> SearchSpace:
         """Read and validate a search-space YAML file."""
         return parse(cls, load_yaml(path), str(path))
 

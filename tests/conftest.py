@@ -1,0 +1,54 @@
+"""Shared fixtures: a small job written to a temp dir, and one local Ray for the suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Ray's workers inherit this: keep them from oversubscribing the 2 CI cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_job(folder: Path, **overrides) -> Path:
+    """A tiny differentiable-search job on the digits (seconds per trial); returns its path."""
+    space = {
+        "model": "digits_cnn", "input_size": 16, "num_classes": 10, "in_channels": 1,
+        "w_bits": [2, 3, 4], "a_bits": [2, 3, 4], "bops_limit": "33M",
+    }
+    job = {
+        "name": "tiny",
+        "searchspace": space,
+        "data": {"name": "digits", "image_size": 16, "batch_size": 128},
+        "teacher": {"epochs": 2, "lr": 0.05},
+        "search": {
+            "epochs": 2, "num_trials": 2, "max_concurrent_trials": 2, "seed": 0,
+            "params": {"lambda_attr": {"low": 5.0, "high": 50.0, "log": True},
+                       "lambda_c": {"low": 0.05, "high": 0.3, "log": True},
+                       "lr_alpha": {"value": 0.3}},
+        },
+        "resources": {"cpus_per_trial": 1},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            job[section][field] = value
+        else:
+            job[section] = value
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray runtime (2 CPUs, no dashboard) shared by the tests that need it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
