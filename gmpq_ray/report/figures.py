@@ -29,13 +29,15 @@ def plot_policy(policy: Policy, path: str | Path, title: str | None = None) -> P
     ax.bar(x + width / 2, a_bits, width, label="activations", color="#DD8452")
     ax.set_xticks(x, [f"{i + 1}: {n}" for i, n in enumerate(names)], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("bitwidth")
-    ax.set_yticks(sorted(set(w_bits) | set(a_bits)))
+    top = int(max(w_bits.max(), a_bits.max()))
+    ax.set_yticks(sorted(set(w_bits) | set(a_bits) | {0}))
+    ax.set_ylim(0, top + 1.5)  # room for the legend above the tallest bar
     bops = policy.bops.get("searched_g")
     heading = title or f"{policy.model} policy"
     if bops is not None:
         heading += f" ({bops:.4g} G BOPs searched layers)"
     ax.set_title(heading)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left", ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)

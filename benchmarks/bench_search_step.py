@@ -1,0 +1,184 @@
+"""Cost of one GMPQ search step against a plain FP training step, measured side by side.
+
+On the same network and batch, in one process, it times (median over interleaved rounds):
+
+  (a) an FP training step (cross-entropy);
+  (b) a supernet step with cross-entropy and the complexity loss only;
+  (c) the full GMPQ step: teacher forward, closed-form attribution imitation, complexity;
+  (d) the same with the autograd (Grad-CAM, second backward) attribution path;
+
+and prints the ratios b/a, c/a, c/b, d/c and the memory of each step: on CPU the bytes of
+the tensors autograd keeps for the backward pass (plus weights, grads and optimizer state),
+on CUDA the peak allocated memory. Example:
+
+    python benchmarks/bench_search_step.py --model resnet18 --cifar-stem --batch-size 32 --bits 2 3 4 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from gmpq_ray.core import CostModel, GMPQObjective, calibrate, create_model, make_synthetic, to_supernet
+from gmpq_ray.core.policy import LayerBits
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 6], help="weight and activation candidates")
+    parser.add_argument("--rounds", type=int, default=12, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast for every variant (default: on for CUDA)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last memory format (default: on for CUDA)")
+    parser.add_argument("--variants", default="abcd", help="which of a, b, c, d to run")
+    return parser.parse_args()
+
+
+class Variant:
+    """One kind of training step on its own copy of the network."""
+
+    def __init__(self, name, model, loss_fn, device, autocast):
+        self.name, self.model, self.loss_fn = name, model, loss_fn
+        self.device, self.autocast = device, autocast
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.times: list[float] = []
+        self.memory_bytes = 0
+
+    def step(self, images, labels):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss, _ = self.loss_fn(self.model, images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def timed_step(self, images, labels):
+        sync(self.device)
+        start = time.perf_counter()
+        self.step(images, labels)
+        sync(self.device)
+        self.times.append(time.perf_counter() - start)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def saved_tensor_bytes(variant: Variant, images, labels) -> int:
+    """Bytes autograd keeps for the backward pass of one step (distinct storages)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    params = {p.untyped_storage().data_ptr() for p in variant.model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        variant.step(images, labels)
+    activations = sum(n for ptr, n in storages.items() if ptr not in params)
+    weights = sum(p.numel() * p.element_size() for p in variant.model.parameters())
+    # weights + grads + momentum + what the backward pass keeps
+    return activations + 3 * weights
+
+
+def cuda_peak_bytes(variant: Variant, images, labels) -> int:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(variant.device)
+    variant.step(images, labels)
+    sync(variant.device)
+    return torch.cuda.max_memory_allocated(variant.device)
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    autocast = device.type == "cuda" if args.bf16 is None else args.bf16
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    torch.manual_seed(0)
+
+    data = make_synthetic(num_train=args.batch_size * 4, num_val=8, num_classes=args.num_classes,
+                          image_size=args.image_size, in_channels=3)
+    images, labels = data.train.tensors[0][: args.batch_size], data.train.tensors[1][: args.batch_size]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.to(device).contiguous(memory_format=memory_format)
+    labels = labels.to(device)
+
+    teacher = create_model(args.model, args.num_classes, 3, args.cifar_stem).to(device, memory_format=memory_format)
+    cost = CostModel.for_model(args.model, 224, 1000, 3)  # budgets are deployment BOPs
+    limit = cost.searched_macs() * 9  # about uniform 3-bit
+
+    def supernet():
+        net = to_supernet(copy.deepcopy(teacher), args.bits, args.bits, fixed_bits=LayerBits(8, 8))
+        net.to(device, memory_format=memory_format)
+        calibrate(net, [(images, labels)], device, num_batches=1)
+        return net
+
+    def fp_loss(model, x, y):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    def ce_complexity(model, x, y):
+        logits = model(x)
+        return F.cross_entropy(logits, y) + 1.0 * cost.expected_bops(model) / limit, logits
+
+    variants = []
+    if "a" in args.variants:
+        variants.append(Variant("a FP step", copy.deepcopy(teacher), fp_loss, device, autocast))
+    if "b" in args.variants:
+        variants.append(Variant("b supernet CE+complexity", supernet(), ce_complexity, device, autocast))
+    for key, path in (("c", "closed_form"), ("d", "autograd")):
+        if key in args.variants:
+            net = supernet()
+            objective = GMPQObjective(net, teacher, args.model, cost, limit, 40.0, 1.0, attribution=path)
+            label = "c GMPQ step (closed form)" if key == "c" else "d GMPQ step (autograd attribution)"
+            variants.append(Variant(label, net, objective, device, autocast))
+
+    for variant in variants:
+        variant.memory_bytes = (cuda_peak_bytes if device.type == "cuda" else saved_tensor_bytes)(variant, images, labels)
+        for _ in range(args.warmup):
+            variant.step(images, labels)
+    for _ in range(args.rounds):  # interleaved, so drifts in machine load hit every variant alike
+        for variant in variants:
+            variant.timed_step(images, labels)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.model}{' (CIFAR stem)' if args.cifar_stem else ''}, batch {args.batch_size}, "
+          f"{args.image_size}x{args.image_size}, bits {args.bits}, {name}, torch {torch.__version__}, "
+          f"bf16 autocast {'on' if autocast else 'off'}, channels_last {'on' if channels_last else 'off'}")
+    memory_label = "peak GPU memory" if device.type == "cuda" else "step memory (saved for backward + weights, grads, momentum)"
+    medians = {}
+    for variant in variants:
+        median = statistics.median(variant.times)
+        medians[variant.name[0]] = (median, variant.memory_bytes)
+        print(f"  {variant.name:38s} {median * 1e3:9.1f} ms  {args.batch_size / median:9.0f} img/s  "
+              f"{variant.memory_bytes / 2**20:9.1f} MiB {memory_label}")
+    print("ratios (time; memory):")
+    for top, bottom in (("b", "a"), ("c", "a"), ("c", "b"), ("d", "c")):
+        if top in medians and bottom in medians:
+            (t1, m1), (t0, m0) = medians[top], medians[bottom]
+            print(f"  {top}/{bottom}: {t1 / t0:5.2f}x time, {m1 / m0:5.2f}x memory")
+    if "c" in medians:
+        epoch = 50_000 / (args.batch_size / medians["c"][0])
+        print(f"one 50,000-image search epoch at this speed: {epoch:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
