@@ -44,9 +44,9 @@ def write_job(folder: Path, **overrides) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray runtime (2 CPUs, no dashboard) shared by the tests that need it."""
+    """A local Ray runtime (2 CPUs, no dashboard) shared by the tests of one module."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

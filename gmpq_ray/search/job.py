@@ -7,6 +7,7 @@ the resources per trial. See ``jobs/quickstart.yaml``. This module imports no Ra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class SearchConfig:
     fill_budget: bool = True
     max_failures: int = 2
     params: dict[str, ParamSpec] = field(default_factory=dict)
+    initial_points: list[dict[str, float]] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         require(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
@@ -122,6 +124,15 @@ class SearchConfig:
         unknown = sorted(set(self.params) - set(SEARCH_PARAM_DEFAULTS))
         require(not unknown, f"{where}.params", f"unknown parameter(s) {unknown}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
         require(self.metric in TRIAL_METRICS, f"{where}.metric", f"{self.metric!r} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
+
+        tuned = sorted(name for name, spec in self.resolved_params().items() if spec.value is None)
+        for i, point in enumerate(self.initial_points):
+            where_point = f"{where}.initial_points[{i}]"
+            require(sorted(point) == tuned, where_point, f"must give exactly the tuned parameters {tuned}, got {sorted(point)}")
+            for name, value in point.items():
+                spec = self.params[name]
+                inside = value in spec.choices if spec.choices is not None else spec.low <= value <= spec.high
+                require(inside, f"{where_point}.{name}", f"{value} is outside the parameter's range or choices")
 
     def resolved_params(self) -> dict[str, ParamSpec]:
         """Every tunable parameter: the job's spec, or its fixed default."""
@@ -159,6 +170,24 @@ class Job:
     @property
     def space(self) -> SearchSpace:
         return self.searchspace
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """The plain-data form of a resolved job: the search space inline, paths absolute.
+
+    :func:`load_job` reads it back to the same job; a run folder keeps it as ``job.yaml`` so that
+    ``--resume`` needs nothing else.
+    """
+    space = dataclasses.asdict(job.space)
+    space["bops_limit"] = f"{job.space.bops_limit / 1e6:.6f}M"
+    data = dataclasses.asdict(job)
+    data.pop("base_dir")
+    data["searchspace"] = space
+    data["search"]["params"] = {
+        name: {key: value for key, value in spec.items() if value is not None and not (key == "log" and not value)}
+        for name, spec in data["search"]["params"].items()
+    }
+    return data
 
 
 def load_job(path: str | Path) -> Job:

@@ -5,6 +5,7 @@ no half-written folder behind. The output folder then receives:
 
 * ``tune/``: the Ray Tune experiment (trial folders, checkpoints, experiment state);
 * ``study.db``: the Optuna study (SQLite; ``optuna-dashboard sqlite:///DIR/study.db``);
+* ``job.yaml``: the resolved job (search space inline), which ``--resume`` reads;
 * ``teacher.pt``: the FP teacher's state dict;
 * ``trials.csv``: one row a trial (its hyper-parameters, last metrics, status);
 * ``best_policy.json`` and ``best_policy.png``: the best trial's derived policy.
@@ -12,6 +13,7 @@ no half-written folder behind. The output folder then receives:
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,6 +24,7 @@ import optuna
 import pandas as pd
 import ray
 import torch
+import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -31,11 +34,12 @@ from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
 from gmpq_ray.core.training import train_classifier
 from gmpq_ray.report.figures import plot_policy
-from gmpq_ray.search.job import Job, ParamSpec, load_job
+from gmpq_ray.search.job import Job, ParamSpec, job_to_dict, load_job
 from gmpq_ray.search.metrics import TRIAL_METRICS
 from gmpq_ray.search.trial import POLICY_FILE, TrialContext, supernet_trial, trial_device
 
-RESULT_FILES = ("best_policy.json", "trials.csv", "study.db", "tune")
+JOB_FILE = "job.yaml"
+TEACHER_FILE = "teacher.pt"
 
 
 @dataclass
@@ -107,24 +111,28 @@ def make_searcher(job: Job, study_path: Path) -> OptunaSearch:
         else optuna.samplers.RandomSampler(seed=job.search.seed)
     )
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
-    return OptunaSearch(sampler=sampler, storage=storage, study_name=job.name)
+    return OptunaSearch(sampler=sampler, storage=storage, study_name=job.name,
+                        points_to_evaluate=[dict(point) for point in job.search.initial_points] or None)
 
 
 def run_search(
-    job: Job | str | Path,
+    job: Job | str | Path | None,
     output_dir: str | Path,
     address: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> SearchResult:
     """Run a GMPQ search job and write its results to ``output_dir``.
 
     Args:
-        job: a :class:`Job` or the path of a job YAML file.
-        output_dir: the run folder (must be new or empty unless ``overwrite``).
+        job: a :class:`Job` or the path of a job YAML file; None with ``resume``.
+        output_dir: the run folder (must be new or empty unless ``overwrite`` or ``resume``).
         address: a Ray cluster address (``auto`` or ``host:port``); None starts a local Ray.
         overwrite: replace the results of an earlier run in ``output_dir``.
+        resume: continue the interrupted search in ``output_dir`` (from its own ``job.yaml``):
+            finished trials are kept, unfinished ones resume from their checkpoints.
         progress: progress bars for teacher training.
         log: where progress lines and the summary go.
 
@@ -134,35 +142,40 @@ def run_search(
         print(result.best_policy_path)
     """
     start = time.perf_counter()
-    if not isinstance(job, Job):
-        job = load_job(job)
-    out = prepare_output_dir(output_dir, overwrite)
-    data = job.data.load()
-    teacher_state = load_teacher_state(job, data.num_classes, data.in_channels)
+    if resume:
+        if job is not None:
+            raise UserInputError("give either a job file or --resume DIR, not both (a run folder keeps its job)")
+        out, job, teacher_state = _open_run_to_resume(output_dir)
+    else:
+        if job is None:
+            raise UserInputError("give a job file (or --resume DIR to continue a search)")
+        if not isinstance(job, Job):
+            job = load_job(job)
+        out = prepare_output_dir(output_dir, overwrite)
+        data = job.data.load()
+        teacher_state = load_teacher_state(job, data.num_classes, data.in_channels)
+        # Validation is over: from here on the folder is ours.
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / JOB_FILE, yaml.safe_dump(job_to_dict(job), sort_keys=False))
 
-    # Validation is over: from here on the folder is ours.
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     space = job.space
     log(f"search space: {space.model}, w_bits {space.w_bits}, a_bits {space.a_bits}, "
         f"limit {format_bops(space.bops_limit)} (searched layers at {space.input_size}x{space.input_size})")
     if teacher_state is None:
-        teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
-        train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
-        torch.manual_seed(job.search.seed)
-        device = trial_device(job)
-        train_classifier(teacher, train_loader, val_loader, job.teacher.epochs, job.teacher.lr,
-                         job.teacher.weight_decay, device, progress=progress, log=log)
-        teacher_state = {k: v.cpu() for k, v in teacher.state_dict().items()}
-    torch.save(teacher_state, out / "teacher.pt")
+        teacher_state = train_teacher(job, progress, log)
+    save_atomic(teacher_state, out / TEACHER_FILE)
 
     started_ray = start_ray(address)
     try:
-        grid = _fit(job, out, teacher_state)
+        grid = _fit(job, out, teacher_state, resume=resume and tune.Tuner.can_restore(str(out / "tune")))
     finally:
         if started_ray:
             ray.shutdown()
+    orphans = close_orphaned_optuna_trials(job, out / "study.db")
+    if orphans:
+        log(f"{orphans} Optuna trial(s) left RUNNING by the interrupted driver were marked FAIL")
     trials = trials_table(grid, job)
     _write_csv(trials, out / "trials.csv")
     best = _best_result(grid, job)
@@ -176,11 +189,71 @@ def run_search(
     return SearchResult(out, policy, best_path, trials, seconds)
 
 
-def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor]) -> tune.ResultGrid:
+def _open_run_to_resume(output_dir: str | Path) -> tuple[Path, Job, dict[str, torch.Tensor] | None]:
+    out = Path(output_dir).resolve()
+    if not (out / JOB_FILE).is_file():
+        raise UserInputError(f"--resume {out}: not a gmpq run folder (no {JOB_FILE})")
+    job = load_job(out / JOB_FILE)
+    teacher_state = None
+    if (out / TEACHER_FILE).is_file():
+        try:
+            teacher_state = torch.load(out / TEACHER_FILE, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise UserInputError(f"--resume {out}: {TEACHER_FILE} is not loadable ({type(err).__name__})") from None
+    return out, job, teacher_state
+
+
+def train_teacher(job: Job, progress: bool, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Train the FP teacher on the job's small data set; returns its state dict on the CPU."""
+    space = job.space
+    data = job.data.load()
+    teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
+    train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
+    torch.manual_seed(job.search.seed)
+    train_classifier(teacher, train_loader, val_loader, job.teacher.epochs, job.teacher.lr,
+                     job.teacher.weight_decay, trial_device(job), progress=progress, log=log)
+    return {k: v.cpu() for k, v in teacher.state_dict().items()}
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def close_orphaned_optuna_trials(job: Job, study_path: Path) -> int:
+    """Mark FAIL the Optuna trials a killed driver left RUNNING; returns how many.
+
+    Once a search has finished, every trial Tune knows of has been told to Optuna; a trial
+    still RUNNING was asked for after the driver's last experiment-state save, so no Tune
+    trial will ever report it.
+    """
+    if not study_path.is_file():
+        return 0
+    study = optuna.load_study(study_name=job.name, storage=f"sqlite:///{study_path}")
+    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in orphans:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)
+
+
+def _trainable(job: Job, teacher_state: dict[str, torch.Tensor]):
     trainable = tune.with_parameters(supernet_trial, context=TrialContext(job=job, teacher_state=teacher_state))
-    resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
+    return tune.with_resources(trainable, {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial})
+
+
+def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bool) -> tune.ResultGrid:
+    # Save the experiment state at every controller step, so that a trial that has just
+    # finished is never re-run after a driver crash (Tune's default period is ~10 s).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume:
+        tuner = tune.Tuner.restore(str(out / "tune"), _trainable(job, teacher_state),
+                                   resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
+        _trainable(job, teacher_state),
         param_space={name: tune_domain(spec) for name, spec in job.search.resolved_params().items()},
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(job, out / "study.db"),
@@ -206,22 +279,25 @@ def trials_table(grid: tune.ResultGrid, job: Job) -> pd.DataFrame:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
+        failure = str(result.error).splitlines()[0] if result.error else metrics.get("error", "")
         row = {
             "trial_id": metrics.get("trial_id", Path(result.path).name),
-            "status": "ERROR" if result.error else "TERMINATED",
+            "status": "ERROR" if failure else "TERMINATED",
             "epochs": metrics.get("epoch", 0),
         }
         row.update({name: result.config.get(name) for name in tuned})
         row.update({name: metrics.get(name) for name in TRIAL_METRICS})
-        row["error"] = str(result.error).splitlines()[0] if result.error else ""
+        row["error"] = failure
         rows.append(row)
     return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
 
 
 def _best_result(grid: tune.ResultGrid, job: Job):
-    ok = [r for r in grid if not r.error and r.checkpoint is not None and job.search.metric in (r.metrics or {})]
+    ok = [r for r in grid if not r.error and not (r.metrics or {}).get("error") and r.checkpoint is not None
+          and job.search.metric in (r.metrics or {})]
     if not ok:
-        errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error)[:500]
+        errors = "; ".join(str(r.error or r.metrics.get("error")).splitlines()[0] for r in grid
+                           if r.error or (r.metrics or {}).get("error"))[:500]
         raise RuntimeError(f"no search trial finished ({errors or 'no results'})")
     sign = 1 if job.search.mode == "max" else -1
     return max(ok, key=lambda r: sign * r.metrics[job.search.metric])

@@ -31,8 +31,9 @@ from gmpq_ray.core.models import create_model
 from gmpq_ray.core.objective import GMPQObjective
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.core.repair import repair_policy
-from gmpq_ray.core.training import run_epoch
+from gmpq_ray.core.training import NonFiniteLossError, run_epoch
 from gmpq_ray.search.job import Job
+from gmpq_ray.search.metrics import TRIAL_METRICS
 
 STATE_FILE = "trial_state.pt"
 POLICY_FILE = "policy.json"
@@ -135,28 +136,15 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
         config["lambda_attr"], config["lambda_c"], config["kappa"], job.search.attribution,
     )
     for epoch in range(start_epoch + 1, epochs + 1):
-        train = run_epoch(supernet, train_loader, objective, [weight_opt, alpha_opt], device, desc=f"search epoch {epoch}")
+        try:
+            metrics, policy = _train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader,
+                                                        [weight_opt, alpha_opt], device, cost)
+        except NonFiniteLossError as err:
+            # Retrying from the last checkpoint would diverge again: end the trial here, as
+            # failed, with the reason in its last result (Optuna records it as FAIL).
+            tune.report({**{name: float("nan") for name in TRIAL_METRICS}, "epoch": epoch, "error": str(err)})
+            return
         schedule.step()
-        terms = {name: float(value) for name, value in objective.last_terms.items()}
-        supernet_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
-        argmax, policy = derive_policy(supernet, job)
-        with pinned_policy(supernet, policy):
-            policy_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
-        metrics = {
-            "epoch": epoch,
-            "loss": train.loss,
-            "ce": terms["ce"],
-            "attr_loss": terms["attr"],
-            "accuracy": supernet_eval.accuracy,
-            "arc": supernet_eval.arc,
-            "expected_bops_g": float(objective.expected_bops()[0]) / 1e9,
-            "argmax_bops_g": cost.policy_bops(argmax, space.fixed)[0] / 1e9,
-            "policy_bops_g": policy.bops["searched_g"],
-            "policy_accuracy": policy_eval.accuracy,
-            "policy_arc": policy_eval.arc,
-        }
-        if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"epoch {epoch}: non-finite metrics {metrics}")
         with tempfile.TemporaryDirectory() as folder:
             torch.save(
                 {
@@ -171,3 +159,31 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
             )
             policy.save(os.path.join(folder, POLICY_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader, optimizers, device, cost):
+    """One search epoch and its evaluation; raises NonFiniteLossError on NaN or inf."""
+    space = job.space
+    train = run_epoch(supernet, train_loader, objective, optimizers, device, desc=f"search epoch {epoch}")
+    terms = {name: float(value) for name, value in objective.last_terms.items()}
+    supernet_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
+    argmax, policy = derive_policy(supernet, job)
+    with pinned_policy(supernet, policy):
+        policy_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
+    metrics = {
+        "epoch": epoch,
+        "loss": train.loss,
+        "ce": terms["ce"],
+        "attr_loss": terms["attr"],
+        "accuracy": supernet_eval.accuracy,
+        "arc": supernet_eval.arc,
+        "expected_bops_g": float(objective.expected_bops()[0]) / 1e9,
+        "argmax_bops_g": cost.policy_bops(argmax, space.fixed)[0] / 1e9,
+        "policy_bops_g": policy.bops["searched_g"],
+        "policy_accuracy": policy_eval.accuracy,
+        "policy_arc": policy_eval.arc,
+    }
+    bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteLossError(f"epoch {epoch}: non-finite {', '.join(bad)}")
+    return metrics, policy
