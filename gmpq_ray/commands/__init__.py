@@ -1,0 +1,8 @@
+"""Subcommands of ``gmpq``: one module each, with ``add_parser(commands)`` and ``run(args)``.
+
+A new command is a new module here plus one line in :data:`COMMANDS`.
+"""
+
+from gmpq_ray.commands import bops, search
+
+COMMANDS = [search, bops]
