@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from gmpq_ray.core.config import require
 from gmpq_ray.core.errors import UserInputError
 
 
@@ -102,3 +104,31 @@ def make_synthetic(
         return TensorDataset(templates[labels] + 0.8 * noise, labels)
 
     return DataBundle(split(num_train), split(num_val), num_classes, in_channels, image_size)
+
+
+@dataclass
+class DataConfig:
+    """The small data set the search trains on."""
+
+    name: Literal["digits", "synthetic"] = "digits"
+    image_size: int = 16
+    batch_size: int = 64
+    val_fraction: float = 0.2
+    classes: list[int] | None = None
+    num_train: int = 256
+    num_val: int = 128
+    num_classes: int = 4
+    in_channels: int = 3
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        require(self.batch_size >= 1, f"{where}.batch_size", "must be at least 1")
+        require(self.image_size >= 8, f"{where}.image_size", "must be at least 8")
+        require(0 < self.val_fraction < 1, f"{where}.val_fraction", "must be between 0 and 1")
+        require(self.num_train >= 1 and self.num_val >= 1, f"{where}", "num_train and num_val must be positive")
+
+    def load(self) -> DataBundle:
+        """Build the data set (offline: the digits ship with scikit-learn)."""
+        if self.name == "digits":
+            return load_digits(self.image_size, self.val_fraction, self.classes, self.seed)
+        return make_synthetic(self.num_train, self.num_val, self.num_classes, self.image_size, self.in_channels, self.seed)
