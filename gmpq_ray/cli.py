@@ -37,6 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as err:
         print(f"gmpq: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as err:
+        # Raised on purpose (gmpq_ray.search.runner.NoResultError and kin): the run ended
+        # without a result, through no fault of the input; say so without a traceback.
+        if type(err).__name__ != "NoResultError":
+            raise
+        print(f"gmpq: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gmpq: interrupted", file=sys.stderr)
         return 130

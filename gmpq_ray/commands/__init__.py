@@ -3,6 +3,6 @@
 A new command is a new module here plus one line in :data:`COMMANDS`.
 """
 
-from gmpq_ray.commands import bops, search
+from gmpq_ray.commands import bops, compare, search
 
-COMMANDS = [search, bops]
+COMMANDS = [search, compare, bops]

@@ -54,6 +54,20 @@ class FeatureTap:
             return self.classifier.quantized_weight()
         return self.classifier.weight
 
+    def class_weights(self, target: torch.Tensor) -> torch.Tensor:
+        """Per-image class weights W[c, k], masked like the classifier's input quantizer's STE."""
+        weights = self.classifier_weight()[target]
+        if isinstance(self.classifier, QuantLinear) and self.classifier.a_bits < 32:
+            quant = self.classifier.act_quant
+            pooled = self.features.mean(dim=(2, 3))
+            clip = quant.clip.abs() + 1e-8
+            low = -clip if bool(quant.signed) else torch.zeros_like(clip)
+            weights = weights * ((pooled >= low) & (pooled <= clip)).to(weights.dtype)
+        return weights
+
+    def class_activation_map(self, target: torch.Tensor) -> torch.Tensor:
+        return F.relu(torch.einsum("bchw,bc->bhw", self.features, self.class_weights(target).to(self.features.dtype)))
+
     def remove(self) -> None:
         self._handle.remove()
 

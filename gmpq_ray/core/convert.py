@@ -96,6 +96,9 @@ def apply_policy(model: nn.Module, policy: Policy, fixed_bits: LayerBits = Layer
     fixed = list(policy.fixed_layers) or default_fixed_layers(model)
     check_fixed_layers(model, fixed)
     policy.validate_layers(searched_layers(model, fixed), fixed)
+    leftover = [n for n in quantizable_layers(model) if n not in fixed and n not in policy.layers]
+    if leftover:
+        raise UserInputError(f"policy for {policy.model!r}: fixed_layers must list every fixed layer; {leftover} would stay in full precision")
     for name, bits in policy.layers.items():
         set_submodule(model, name, _quantized(model.get_submodule(name), bits))
     for name in fixed:
@@ -131,13 +134,19 @@ class pinned_policy:
 
     def __init__(self, model: nn.Module, policy: Policy) -> None:
         self.layers = supernet_layers(model)
-        policy.validate_layers(self.layers, fixed_quant_layers(model))
+        self.fixed = fixed_quant_layers(model)
+        policy.validate_layers(self.layers, self.fixed)
         self.policy = policy
 
     def __enter__(self) -> None:
+        self._saved = {n: (m.w_bits, m.a_bits) for n, m in self.fixed.items()}
+        for name, bits in self.policy.fixed_layers.items():
+            self.fixed[name].w_bits, self.fixed[name].a_bits = bits.w_bits, bits.a_bits
         for name, layer in self.layers.items():
             layer.chosen = self.policy.layers[name]
 
     def __exit__(self, *exc) -> None:
         for layer in self.layers.values():
             layer.chosen = None
+        for name, (w, a) in self._saved.items():
+            self.fixed[name].w_bits, self.fixed[name].a_bits = w, a

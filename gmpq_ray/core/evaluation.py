@@ -45,7 +45,7 @@ def evaluate_with_arc(
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
             teacher(images)
-            student_maps = class_activation_map(student_tap.features, student_tap.classifier_weight(), labels)
+            student_maps = student_tap.class_activation_map(labels)
             teacher_maps = class_activation_map(teacher_tap.features, teacher_tap.classifier_weight(), labels)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             arc_sum += attribution_rank_consistency(student_maps, teacher_maps) * labels.shape[0]

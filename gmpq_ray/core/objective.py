@@ -78,12 +78,16 @@ class GMPQObjective:
         return total, bits
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.attribution == "autograd" and not torch.is_grad_enabled():
+            with torch.enable_grad():
+                loss, logits = self(model, images, labels)
+            return loss.detach(), logits.detach()
         teacher_maps = self.teacher_maps(images, labels)
         logits = model(images)
         ce = F.cross_entropy(logits, labels)
         features = self.student_tap.features
         if self.attribution == "closed_form":
-            student_maps = class_activation_map(features, self.student_tap.classifier_weight(), labels)
+            student_maps = self.student_tap.class_activation_map(labels)
         else:
             student_maps = gradcam_map(features, logits, labels, create_graph=torch.is_grad_enabled())
         expected_bops, bits = self.expected_bops()

@@ -128,6 +128,9 @@ class Policy:
         bops = data.get("bops", {})
         if not isinstance(bops, Mapping):
             raise UserInputError(f"{source}: 'bops' must be a mapping")
+        for key, value in bops.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserInputError(f"{source}: bops.{key} must be a number, got {value!r}")
         return cls(
             model=model,
             layers={str(k): LayerBits.from_dict(v, f"{source}: layers.{k}") for k, v in layers.items()},

@@ -71,16 +71,39 @@ class ParamSpec:
 
 
 @dataclass
+class PrunerConfig:
+    """The Optuna pruner that stops trials whose ARC degrades (fed each epoch's ``arc``)."""
+
+    type: Literal["none", "median", "percentile", "successive_halving"] = "median"
+    n_startup_trials: int = 2
+    n_warmup_steps: int = 1
+    percentile: float = 25.0
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+    def validate(self, where: str) -> None:
+        require(self.n_startup_trials >= 0 and self.n_warmup_steps >= 0, where, "counts must not be negative")
+        require(0 < self.percentile < 100, f"{where}.percentile", "must be between 0 and 100")
+        require(self.min_resource >= 1 and self.reduction_factor >= 2, where, "min_resource >= 1 and reduction_factor >= 2")
+
+
+@dataclass
 class SearchConfig:
     """How the search runs: method, trials, epochs, objective, sampler and tuned parameters."""
 
-    method: Literal["differentiable"] = "differentiable"
+    method: Literal["differentiable", "sampling"] = "differentiable"
     epochs: int = 6
     num_trials: int = 2
     max_concurrent_trials: int = 2
     metric: str = "policy_accuracy"
     mode: Literal["max", "min"] = "max"
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    proposal_mode: Literal["repair", "raw"] = "repair"
+    arc_weight: float = 0.0
+    qat_lr: float = 0.01
+    time_budget_s: float | None = None
+    bops_warmup_epochs: int = 1
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
     seed: int = 0
     attribution: Literal["closed_form", "autograd"] = "closed_form"
     fill_budget: bool = True
@@ -93,12 +116,18 @@ class SearchConfig:
         require(self.num_trials >= 1, f"{where}.num_trials", "must be at least 1")
         require(self.max_concurrent_trials >= 1, f"{where}.max_concurrent_trials", "must be at least 1")
         require(self.max_failures >= 0, f"{where}.max_failures", "must not be negative")
+        require(self.sampler != "nsga2" or self.method == "sampling", f"{where}.sampler",
+                "nsga2 (multi-objective) needs method: sampling")
+        require(self.time_budget_s is None or self.time_budget_s > 0, f"{where}.time_budget_s", "must be positive")
+        require(self.qat_lr > 0, f"{where}.qat_lr", "must be positive")
+        require(self.bops_warmup_epochs >= 0, f"{where}.bops_warmup_epochs", "must not be negative")
         unknown = sorted(set(self.params) - set(SEARCH_PARAM_DEFAULTS))
         require(not unknown, f"{where}.params", f"unknown parameter(s) {unknown}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
         require(self.metric in TRIAL_METRICS, f"{where}.metric", f"{self.metric!r} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
 
         tuned = sorted(name for name, spec in self.resolved_params().items() if spec.value is None)
-        for i, point in enumerate(self.initial_points):
+        # Sampling points name per-layer bits: checked against the search space in parse_job.
+        for i, point in enumerate(self.initial_points if self.method == "differentiable" else []):
             where_point = f"{where}.initial_points[{i}]"
             require(sorted(point) == tuned, where_point, f"must give exactly the tuned parameters {tuned}, got {sorted(point)}")
             for name, value in point.items():
@@ -165,7 +194,11 @@ def job_to_dict(job: Job) -> dict[str, Any]:
 def load_job(path: str | Path) -> Job:
     """Read, validate and resolve a job file (search space and paths relative to it)."""
     path = Path(path)
-    raw = load_yaml(path)
+    return parse_job(load_yaml(path), path)
+
+
+def parse_job(raw: Any, path: Path) -> Job:
+    """Validate and resolve a parsed job mapping read from ``path``."""
     job = parse(Job, raw, str(path))
     base = path.resolve().parent
     job.base_dir = str(base)
@@ -175,7 +208,22 @@ def load_job(path: str | Path) -> Job:
         if not state.is_file():
             raise UserInputError(f"{path}: teacher.state_dict {state} does not exist")
         job.teacher.state_dict = str(state)
+    if job.search.method == "sampling":
+        _check_sampling_points(job, f"{path}: search.initial_points")
     return job
+
+
+def _check_sampling_points(job: Job, where: str) -> None:
+    """Initial points of a sampling search give bits for every searched layer, within the space."""
+    space = job.space
+    layers = space.cost_model().searched
+    expected = sorted([f"w_bits/{n}" for n in layers] + [f"a_bits/{n}" for n in layers])
+    for i, point in enumerate(job.search.initial_points):
+        require(sorted(point) == expected, f"{where}[{i}]",
+                f"must give w_bits/<layer> and a_bits/<layer> for every searched layer ({len(expected)} keys)")
+        for key, bits in point.items():
+            candidates = space.w_bits if key.startswith("w_bits/") else space.a_bits
+            require(bits in candidates, f"{where}[{i}].{key}", f"{bits} is not among the candidates {candidates}")
 
 
 def _load_space(value: Any, base: Path, where: str) -> SearchSpace:

@@ -1,4 +1,7 @@
-"""Names of the metrics a search trial reports every epoch (declared once, used everywhere)."""
+"""Names of the metrics search trials report every epoch (declared once, used everywhere).
+
+Both trial kinds report every key, so that the scheduler and the comparison judge them alike.
+"""
 
 TRIAL_METRICS: dict[str, str] = {
     "loss": "training loss of the supernet (CE + attribution + complexity terms)",
@@ -11,4 +14,10 @@ TRIAL_METRICS: dict[str, str] = {
     "policy_bops_g": "searched-layer BOPs of the derived (repaired) policy, G",
     "policy_accuracy": "validation top-1 of the derived policy with the supernet's weights",
     "policy_arc": "validation ARC of the derived policy",
+    "score": "the objective: policy_accuracy + arc_weight * policy_arc",
+    "budget_bops_g": "the BOPs the scheduler holds against the limit (sampled: the policy's; supernet: expected)",
 }
+
+# Why the scheduler stopped a trial early (recorded in trials.csv and in the Optuna study).
+STOP_BOPS_LIMIT = "bops_limit"
+STOP_ARC = "arc"

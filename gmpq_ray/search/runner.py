@@ -13,6 +13,7 @@ no half-written folder behind. The output folder then receives:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -26,7 +27,6 @@ import ray
 import torch
 import yaml
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
 from gmpq_ray.core.complexity import format_bops
 from gmpq_ray.core.errors import UserInputError
@@ -36,10 +36,17 @@ from gmpq_ray.core.training import train_classifier
 from gmpq_ray.report.figures import plot_policy
 from gmpq_ray.search.job import Job, ParamSpec, job_to_dict, load_job
 from gmpq_ray.search.metrics import TRIAL_METRICS
+from gmpq_ray.search.optuna_search import RecordingOptunaSearch
+from gmpq_ray.search.sampling_trial import sampling_space, sampling_trial
+from gmpq_ray.search.scheduler import STOP_REASONS_FILE, BudgetAndARCScheduler, make_pruner, read_stop_reasons
 from gmpq_ray.search.trial import POLICY_FILE, TrialContext, supernet_trial, trial_device
 
 JOB_FILE = "job.yaml"
 TEACHER_FILE = "teacher.pt"
+
+
+class NoResultError(RuntimeError):
+    """A search ran but no trial finished with a policy (all pruned or failed)."""
 
 
 @dataclass
@@ -103,16 +110,32 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
-def make_searcher(job: Job, study_path: Path) -> OptunaSearch:
-    """Ray Tune's OptunaSearch over the job's hyper-parameters, its study stored in SQLite."""
-    sampler = (
-        optuna.samplers.TPESampler(seed=job.search.seed)
-        if job.search.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=job.search.seed)
+def make_searcher(job: Job, study_path: Path) -> RecordingOptunaSearch:
+    """Ray Tune's OptunaSearch for the job's method, its study stored in SQLite.
+
+    Differentiable search: Optuna tunes the job's hyper-parameters (``param_space``). Sampling
+    search: Optuna proposes per-layer bits (a define-by-run space); with NSGA-II it optimizes
+    the metric and the policy's BOPs together.
+    """
+    search = job.search
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=search.seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=search.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
+    }
+    common = dict(
+        bops_limit_g=job.space.bops_limit / 1e9,
+        sampler=samplers[search.sampler](),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{study_path}"),
+        study_name=job.name,
+        points_to_evaluate=[dict(point) for point in search.initial_points] or None,
     )
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
-    return OptunaSearch(sampler=sampler, storage=storage, study_name=job.name,
-                        points_to_evaluate=[dict(point) for point in job.search.initial_points] or None)
+    if search.method == "differentiable":
+        return RecordingOptunaSearch(**common)
+    if search.sampler == "nsga2":
+        return RecordingOptunaSearch(space=sampling_space(job), metric=[search.metric, "policy_bops_g"],
+                                     mode=[search.mode, "min"], **common)
+    return RecordingOptunaSearch(space=sampling_space(job), metric=search.metric, mode=search.mode, **common)
 
 
 def run_search(
@@ -176,9 +199,10 @@ def run_search(
     orphans = close_orphaned_optuna_trials(job, out / "study.db")
     if orphans:
         log(f"{orphans} Optuna trial(s) left RUNNING by the interrupted driver were marked FAIL")
-    trials = trials_table(grid, job)
+    stop_reasons = read_stop_reasons(out / STOP_REASONS_FILE)
+    trials = trials_table(grid, job, stop_reasons)
     _write_csv(trials, out / "trials.csv")
-    best = _best_result(grid, job)
+    best = _best_result(grid, job, stop_reasons)
     with best.checkpoint.as_directory() as folder:
         policy = Policy.load(Path(folder) / POLICY_FILE)
     best_path = out / "best_policy.json"
@@ -239,7 +263,8 @@ def close_orphaned_optuna_trials(job: Job, study_path: Path) -> int:
 
 
 def _trainable(job: Job, teacher_state: dict[str, torch.Tensor]):
-    trainable = tune.with_parameters(supernet_trial, context=TrialContext(job=job, teacher_state=teacher_state))
+    function = supernet_trial if job.search.method == "differentiable" else sampling_trial
+    trainable = tune.with_parameters(function, context=TrialContext(job=job, teacher_state=teacher_state))
     return tune.with_resources(trainable, {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial})
 
 
@@ -252,55 +277,82 @@ def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bo
         tuner = tune.Tuner.restore(str(out / "tune"), _trainable(job, teacher_state),
                                    resume_unfinished=True, resume_errored=True)
         return tuner.fit()
+    search = job.search
+    searcher = make_searcher(job, out / "study.db")
+    scheduler = BudgetAndARCScheduler(
+        searcher, job.space.bops_limit / 1e9,
+        bops_warmup_epochs=search.bops_warmup_epochs if search.method == "differentiable" else 0,
+        pruner=make_pruner(search.pruner), record_path=out / STOP_REASONS_FILE,
+    )
+    # A sampling searcher carries its own metric and mode (a list of two with NSGA-II).
+    metric, mode = (search.metric, search.mode) if search.method == "differentiable" else (None, None)
     tuner = tune.Tuner(
         _trainable(job, teacher_state),
-        param_space={name: tune_domain(spec) for name, spec in job.search.resolved_params().items()},
+        param_space=({name: tune_domain(spec) for name, spec in search.resolved_params().items()}
+                     if search.method == "differentiable" else {}),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(job, out / "study.db"),
-            metric=job.search.metric,
-            mode=job.search.mode,
-            num_samples=job.search.num_trials,
-            max_concurrent_trials=job.search.max_concurrent_trials,
+            search_alg=searcher,
+            scheduler=scheduler,
+            metric=metric,
+            mode=mode,
+            num_samples=search.num_trials,
+            max_concurrent_trials=search.max_concurrent_trials,
+            time_budget_s=search.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name="tune",
             storage_path=str(out),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=job.search.max_failures),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
             verbose=1,
         ),
     )
     return tuner.fit()
 
 
-def trials_table(grid: tune.ResultGrid, job: Job) -> pd.DataFrame:
-    """One row a trial: id, status, tuned hyper-parameters, last reported metrics, error."""
+def trials_table(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]) -> pd.DataFrame:
+    """One row a trial: id, status (TERMINATED, PRUNED or ERROR), why it stopped early,
+    its tuned hyper-parameters (or sampled bits), last reported metrics, error."""
     tuned = [name for name, spec in job.search.resolved_params().items() if spec.value is None]
     rows = []
     for result in grid:
         metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id", Path(result.path).name)
         failure = str(result.error).splitlines()[0] if result.error else metrics.get("error", "")
+        reason = stop_reasons.get(trial_id, "")
         row = {
-            "trial_id": metrics.get("trial_id", Path(result.path).name),
-            "status": "ERROR" if failure else "TERMINATED",
+            "trial_id": trial_id,
+            "status": "ERROR" if failure else ("PRUNED" if reason else "TERMINATED"),
+            "stop_reason": reason,
             "epochs": metrics.get("epoch", 0),
         }
-        row.update({name: result.config.get(name) for name in tuned})
+        if job.search.method == "differentiable":
+            row.update({name: (result.config or {}).get(name) for name in tuned})
+        else:
+            bits = (result.config or {}).get("w_bits", {}), (result.config or {}).get("a_bits", {})
+            row["proposal"] = " ".join(f"{int(bits[0][n])}/{int(bits[1][n])}" for n in bits[0])
         row.update({name: metrics.get(name) for name in TRIAL_METRICS})
         row["error"] = failure
         rows.append(row)
     return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
 
 
-def _best_result(grid: tune.ResultGrid, job: Job):
-    ok = [r for r in grid if not r.error and not (r.metrics or {}).get("error") and r.checkpoint is not None
-          and job.search.metric in (r.metrics or {})]
+def _best_result(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]):
+    metric = job.search.metric
+
+    def finished(result) -> bool:
+        metrics = result.metrics or {}
+        value = metrics.get(metric)
+        return (not result.error and not metrics.get("error") and result.checkpoint is not None
+                and metrics.get("trial_id") not in stop_reasons and isinstance(value, float) and math.isfinite(value))
+
+    ok = [r for r in grid if finished(r)]
     if not ok:
         errors = "; ".join(str(r.error or r.metrics.get("error")).splitlines()[0] for r in grid
                            if r.error or (r.metrics or {}).get("error"))[:500]
-        raise RuntimeError(f"no search trial finished ({errors or 'no results'})")
+        raise NoResultError(f"no search trial finished ({errors or 'every trial was pruned'}); see trials.csv")
     sign = 1 if job.search.mode == "max" else -1
-    return max(ok, key=lambda r: sign * r.metrics[job.search.metric])
+    return max(ok, key=lambda r: sign * r.metrics[metric])
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -309,11 +361,14 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def summary(trials: pd.DataFrame, job: Job, policy: Policy, best_path: Path, seconds: float) -> str:
     """The table printed at the end of a search."""
-    columns = [c for c in trials.columns if c not in ("error", "loss", "ce", "attr_loss")]
+    hidden = ("error", "loss", "ce", "attr_loss", "score", "budget_bops_g", "proposal")
+    columns = [c for c in trials.columns if c not in hidden]
     table = trials[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}")
     bits = ", ".join(f"{b.w_bits}/{b.a_bits}" for b in policy.layers.values())
     return (
-        f"\n== {job.name}: {len(trials)} trial(s), {int((trials.status == 'ERROR').sum())} errored, {seconds:.0f} s ==\n"
+        f"\n== {job.name} ({job.search.method}): {len(trials)} trial(s), {int((trials.status == 'PRUNED').sum())} pruned "
+        f"({int((trials.stop_reason == 'bops_limit').sum())} over the BOPs limit, {int((trials.stop_reason == 'arc').sum())} for ARC), "
+        f"{int((trials.status == 'ERROR').sum())} errored, {seconds:.0f} s ==\n"
         f"{table}\n\n"
         f"best policy ({job.search.metric} {job.search.mode}): {policy.bops.get('searched_g', float('nan')):.4g} G BOPs "
         f"(limit {job.space.bops_limit / 1e9:.4g} G), w/a bits per layer: {bits}\n"

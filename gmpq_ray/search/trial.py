@@ -177,12 +177,14 @@ def _train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_lo
         "attr_loss": terms["attr"],
         "accuracy": supernet_eval.accuracy,
         "arc": supernet_eval.arc,
-        "expected_bops_g": float(objective.expected_bops()[0]) / 1e9,
+        "expected_bops_g": float(objective.expected_bops()[0].detach()) / 1e9,
         "argmax_bops_g": cost.policy_bops(argmax, space.fixed)[0] / 1e9,
         "policy_bops_g": policy.bops["searched_g"],
         "policy_accuracy": policy_eval.accuracy,
         "policy_arc": policy_eval.arc,
+        "score": policy_eval.accuracy + job.search.arc_weight * policy_eval.arc,
     }
+    metrics["budget_bops_g"] = metrics["expected_bops_g"]
     bad = [name for name, value in metrics.items() if not math.isfinite(value)]
     if bad:
         raise NonFiniteLossError(f"epoch {epoch}: non-finite {', '.join(bad)}")

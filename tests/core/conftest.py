@@ -7,7 +7,7 @@ in well under a minute on two CPU cores.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

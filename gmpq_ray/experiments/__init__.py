@@ -1,0 +1,1 @@
+"""gmpq_ray.experiments: studies built from searches (method comparison, dataset transfer)."""

@@ -1,0 +1,50 @@
+"""Baseline policies a comparison evaluates beside the searched ones."""
+
+from __future__ import annotations
+
+import random
+
+from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.repair import repair_policy
+from gmpq_ray.core.searchspace import SearchSpace
+
+
+def best_uniform_policy(space: SearchSpace) -> Policy:
+    """The uniform-precision policy with the most BOPs that fits the limit.
+
+    Ties go to more activation bits (the appendix: activations are the more sensitive).
+    """
+    cost = space.cost_model()
+    fitting = []
+    for w in space.w_bits:
+        for a in space.a_bits:
+            policy = _with_bops(cost.uniform_policy(space.model, w, a, space.fixed), cost, space)
+            if policy.bops["searched_g"] * 1e9 <= space.bops_limit:
+                fitting.append((policy.bops["searched_g"], a, w, policy))
+    # The search space's own validation guarantees the all-minimum policy fits.
+    return max(fitting, key=lambda item: item[:3])[3]
+
+
+def random_feasible_policies(space: SearchSpace, count: int, seed: int = 0) -> list[Policy]:
+    """``count`` random per-layer proposals, each repaired into the limit (and filled up to it)."""
+    cost = space.cost_model()
+    rng = random.Random(seed)
+    policies = []
+    for _ in range(count):
+        proposal = Policy(
+            space.model,
+            {name: LayerBits(rng.choice(space.w_bits), rng.choice(space.a_bits)) for name in cost.searched},
+            {name: space.fixed for name in cost.fixed},
+            space.input_size,
+        )
+        policy = repair_policy(proposal, cost.macs, space.bops_limit, space.w_bits, space.a_bits)
+        policies.append(_with_bops(policy, cost, space))
+    return policies
+
+
+def _with_bops(policy: Policy, cost: CostModel, space: SearchSpace) -> Policy:
+    searched, total = cost.policy_bops(policy, space.fixed)
+    policy.input_size = space.input_size
+    policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+    return policy

@@ -1,0 +1,106 @@
+"""The comparison job: a search job plus a ``compare`` section.
+
+Example (``jobs/compare_quickstart.yaml``)::
+
+    compare:
+      methods:                       # search settings per method, over the job's `search`
+        differentiable: {epochs: 6}
+        sampling: {epochs: 3, sampler: tpe, proposal_mode: repair}
+      budget: {time_budget_s: 120}   # or {num_trials: 8}: the same for both methods
+      evaluation: {seeds: 3, epochs: 5, lr: 0.01}
+      random_policies: 3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.search.job import Job, SearchConfig, job_to_dict, parse_job
+
+METHODS = ("differentiable", "sampling")
+
+
+@dataclass
+class BudgetConfig:
+    """The compute both methods get: a trial count or a wall-clock budget per method."""
+
+    num_trials: int | None = None
+    time_budget_s: float | None = None
+
+    def validate(self, where: str) -> None:
+        require((self.num_trials is None) != (self.time_budget_s is None), where,
+                "give exactly one of num_trials or time_budget_s")
+        require(self.num_trials is None or self.num_trials >= 1, f"{where}.num_trials", "must be at least 1")
+        require(self.time_budget_s is None or self.time_budget_s > 0, f"{where}.time_budget_s", "must be positive")
+
+
+@dataclass
+class EvaluationConfig:
+    """The one QAT protocol every compared policy gets."""
+
+    seeds: int = 3
+    epochs: int = 5
+    lr: float = 0.01
+
+    def validate(self, where: str) -> None:
+        require(self.seeds >= 1, f"{where}.seeds", "must be at least 1")
+        require(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
+        require(self.lr > 0, f"{where}.lr", "must be positive")
+
+
+@dataclass
+class CompareConfig:
+    """What ``gmpq compare`` runs besides the base job."""
+
+    methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {m: {} for m in METHODS})
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(num_trials=4))
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    random_policies: int = 3
+
+    def validate(self, where: str) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        require(not unknown, f"{where}.methods", f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        require(bool(self.methods), f"{where}.methods", "needs at least one method")
+        require(self.random_policies >= 0, f"{where}.random_policies", "must not be negative")
+
+
+@dataclass
+class CompareJob:
+    """A base job, one search job per method, and the comparison settings."""
+
+    base: Job
+    methods: dict[str, Job]
+    compare: CompareConfig
+
+
+def load_compare_job(path: str | Path) -> CompareJob:
+    """Read and validate a comparison job: every method's search settings are checked here."""
+    path = Path(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{path}: a job must be a mapping")
+    raw = dict(raw)
+    compare = parse(CompareConfig, raw.pop("compare", {}), f"{path}: compare")
+    base = parse_job(raw, path)
+    methods = {}
+    for method, overrides in compare.methods.items():
+        where = f"{path}: compare.methods.{method}"
+        if not isinstance(overrides, dict):
+            raise UserInputError(f"{where}: expected a mapping of search settings")
+        settings = {**job_to_dict(base)["search"], **overrides, "method": method}
+        if compare.budget.num_trials is not None:
+            settings.update(num_trials=compare.budget.num_trials, time_budget_s=None)
+        else:
+            # The wall clock decides; the trial count only bounds it.
+            settings.update(num_trials=10_000, time_budget_s=compare.budget.time_budget_s)
+        if method == "sampling":
+            settings["params"], settings["initial_points"] = {}, []
+        search = parse(SearchConfig, settings, where)
+        methods[method] = dataclasses.replace(base, name=f"{base.name}-{method}", search=search)
+        methods[method].base_dir = base.base_dir
+    return CompareJob(base=base, methods=methods, compare=compare)

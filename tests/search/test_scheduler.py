@@ -1,0 +1,85 @@
+"""The pruning scheduler with real Ray Tune trials and a real Optuna study."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+
+from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.policy import Policy
+from gmpq_ray.search.runner import run_search
+from tests.conftest import write_job
+
+pytestmark = pytest.mark.ray
+
+LAYERS = CostModel.for_model("digits_cnn", 16, 10, 1).searched
+
+
+def uniform_point(w: int, a: int) -> dict[str, int]:
+    point = {f"w_bits/{name}": w for name in LAYERS}
+    point.update({f"a_bits/{name}": a for name in LAYERS})
+    return point
+
+
+def test_scheduler_stops_over_budget_and_arc_degrading_trials(tmp_path, ray_local):
+    # Limit 60 M: uniform 3/3 (58 M) fits, 4/4 (104 M) does not, 2/2 (26 M) fits but keeps
+    # less of the teacher's attribution than 3/3 and is pruned by the median rule.
+    job = write_job(
+        tmp_path,
+        searchspace={"model": "digits_cnn", "input_size": 16, "num_classes": 10, "in_channels": 1,
+                     "w_bits": [2, 3, 4], "a_bits": [2, 3, 4], "bops_limit": "60M"},
+        search={"method": "sampling", "proposal_mode": "raw", "epochs": 3, "num_trials": 3,
+                "max_concurrent_trials": 1, "seed": 0, "qat_lr": 0.01,
+                "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                "initial_points": [uniform_point(3, 3), uniform_point(4, 4), uniform_point(2, 2)]},
+    )
+    out = tmp_path / "run"
+    result = run_search(job, out, progress=False, log=lambda _: None)
+    trials = pd.read_csv(out / "trials.csv", keep_default_na=False)
+    by_proposal = {row.proposal.split()[0]: row for row in trials.itertuples()}
+
+    good, over, weak = by_proposal["3/3"], by_proposal["4/4"], by_proposal["2/2"]
+    assert (good.status, good.stop_reason, good.epochs) == ("TERMINATED", "", 3)
+    # Stopped at its first report, which comes before the network is even built.
+    assert (over.status, over.stop_reason, over.epochs) == ("PRUNED", "bops_limit", 0)
+    assert over.policy_bops_g > 0.060
+    assert (weak.status, weak.stop_reason) == ("PRUNED", "arc")
+    assert weak.epochs < 3 and weak.arc < good.arc
+    assert json.loads((out / "stop_reasons.json").read_text()) == {over.trial_id: "bops_limit", weak.trial_id: "arc"}
+    assert result.best_policy.layers[LAYERS[0]].w_bits == 3
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    records = {t.user_attrs.get("stop_reason", "finished"): t for t in study.trials}
+    assert records["finished"].state == optuna.trial.TrialState.COMPLETE
+    assert records["bops_limit"].state == optuna.trial.TrialState.PRUNED
+    assert records["bops_limit"].system_attrs["constraints:bops_limit"] > 0  # its violation, in G
+    assert records["arc"].state == optuna.trial.TrialState.PRUNED
+    assert records["finished"].system_attrs["constraints:bops_limit"] <= 0
+
+
+def test_repair_mode_evaluates_only_full_feasible_policies(tmp_path, ray_local):
+    job = write_job(tmp_path, search={"method": "sampling", "proposal_mode": "repair", "epochs": 1, "num_trials": 3,
+                                      "max_concurrent_trials": 2, "seed": 1, "sampler": "random",
+                                      "pruner": {"type": "none"}})
+    out = tmp_path / "run"
+    run_search(job, out, progress=False, log=lambda _: None)
+    trials = pd.read_csv(out / "trials.csv")
+    assert set(trials.status) == {"TERMINATED"} and len(trials) == 3
+    cost = CostModel.for_model("digits_cnn", 16, 10, 1)
+    limit = 33e6
+    for policy_file in (out / "tune").glob("*/checkpoint_*/policy.json"):
+        policy = Policy.load(policy_file)
+        searched, _ = cost.policy_bops(policy)
+        assert searched <= limit
+        for name, bits in policy.layers.items():  # no single step up still fits
+            for kind, options in (("w_bits", [2, 3, 4]), ("a_bits", [2, 3, 4])):
+                current = getattr(bits, kind)
+                if current < 4:
+                    higher = options[options.index(current) + 1]
+                    other = bits.a_bits if kind == "w_bits" else bits.w_bits
+                    assert searched + cost.macs[name] * other * (higher - current) > limit
+    # Raw proposals were mostly over the limit: repair mapped them in.
+    assert (trials.argmax_bops_g > 0.033).any()
