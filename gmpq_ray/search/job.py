@@ -102,7 +102,8 @@ class SearchConfig:
     arc_weight: float = 0.0
     qat_lr: float = 0.01
     time_budget_s: float | None = None
-    bops_warmup_epochs: int = 1
+    bops_warmup_epochs: int | None = None
+    bops_tolerance: float = 0.1
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     seed: int = 0
     attribution: Literal["closed_form", "autograd"] = "closed_form"
@@ -120,7 +121,9 @@ class SearchConfig:
                 "nsga2 (multi-objective) needs method: sampling")
         require(self.time_budget_s is None or self.time_budget_s > 0, f"{where}.time_budget_s", "must be positive")
         require(self.qat_lr > 0, f"{where}.qat_lr", "must be positive")
-        require(self.bops_warmup_epochs >= 0, f"{where}.bops_warmup_epochs", "must not be negative")
+        require(self.bops_warmup_epochs is None or self.bops_warmup_epochs >= 0, f"{where}.bops_warmup_epochs",
+                "must not be negative")
+        require(self.bops_tolerance >= 0, f"{where}.bops_tolerance", "must not be negative")
         unknown = sorted(set(self.params) - set(SEARCH_PARAM_DEFAULTS))
         require(not unknown, f"{where}.params", f"unknown parameter(s) {unknown}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
         require(self.metric in TRIAL_METRICS, f"{where}.metric", f"{self.metric!r} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
@@ -135,6 +138,10 @@ class SearchConfig:
                 inside = value in spec.choices if spec.choices is not None else spec.low <= value <= spec.high
                 require(inside, f"{where_point}.{name}", f"{value} is outside the parameter's range or choices")
 
+    def supernet_bops_warmup(self) -> int:
+        """Epochs a supernet gets before its expected BOPs are held to the limit (default: half)."""
+        return self.bops_warmup_epochs if self.bops_warmup_epochs is not None else math.ceil(self.epochs / 2)
+
     def resolved_params(self) -> dict[str, ParamSpec]:
         """Every tunable parameter: the job's spec, or its fixed default."""
         return {name: self.params.get(name, ParamSpec(value=default)) for name, default in SEARCH_PARAM_DEFAULTS.items()}
@@ -142,14 +149,17 @@ class SearchConfig:
 
 @dataclass
 class ResourcesConfig:
-    """Resources of one trial."""
+    """Resources of one trial. With ``workers_per_trial`` > 1 a differentiable trial trains on
+    that many DDP workers (Ray Train), each on a shard of the data, sharing the trial's CPUs and GPUs."""
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
 
     def validate(self, where: str) -> None:
         require(self.cpus_per_trial > 0, f"{where}.cpus_per_trial", "must be positive")
         require(self.gpus_per_trial >= 0, f"{where}.gpus_per_trial", "must not be negative")
+        require(self.workers_per_trial >= 1, f"{where}.workers_per_trial", "must be at least 1")
 
 
 @dataclass
@@ -203,6 +213,7 @@ def parse_job(raw: Any, path: Path) -> Job:
     base = path.resolve().parent
     job.base_dir = str(base)
     job.searchspace = _load_space(job.searchspace, base, f"{path}: searchspace")
+    job.data.resolve_paths(base)
     if job.teacher.state_dict is not None:
         state = (base / job.teacher.state_dict).resolve()
         if not state.is_file():

@@ -110,6 +110,13 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
+class NoTunedParameters:
+    """Optuna define-by-run space that suggests nothing (a picklable class, not a closure)."""
+
+    def __call__(self, trial) -> None:
+        return None
+
+
 def make_searcher(job: Job, study_path: Path) -> RecordingOptunaSearch:
     """Ray Tune's OptunaSearch for the job's method, its study stored in SQLite.
 
@@ -131,7 +138,10 @@ def make_searcher(job: Job, study_path: Path) -> RecordingOptunaSearch:
         points_to_evaluate=[dict(point) for point in search.initial_points] or None,
     )
     if search.method == "differentiable":
-        return RecordingOptunaSearch(**common)
+        if any(spec.value is None for spec in search.resolved_params().values()):
+            return RecordingOptunaSearch(**common)
+        # Every hyper-parameter fixed: trials repeat one configuration, still recorded in the study.
+        return RecordingOptunaSearch(space=NoTunedParameters(), metric=search.metric, mode=search.mode, **common)
     if search.sampler == "nsga2":
         return RecordingOptunaSearch(space=sampling_space(job), metric=[search.metric, "policy_bops_g"],
                                      mode=[search.mode, "min"], **common)
@@ -281,11 +291,14 @@ def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bo
     searcher = make_searcher(job, out / "study.db")
     scheduler = BudgetAndARCScheduler(
         searcher, job.space.bops_limit / 1e9,
-        bops_warmup_epochs=search.bops_warmup_epochs if search.method == "differentiable" else 0,
+        # A supernet's expected BOPs come down over the first epochs and its derived policy is
+        # repaired anyway: it gets a warm-up and some slack; a sampled policy's BOPs are exact.
+        bops_warmup_epochs=search.supernet_bops_warmup() if search.method == "differentiable" else 0,
+        bops_tolerance=search.bops_tolerance if search.method == "differentiable" else 0.0,
         pruner=make_pruner(search.pruner), record_path=out / STOP_REASONS_FILE,
     )
-    # A sampling searcher carries its own metric and mode (a list of two with NSGA-II).
-    metric, mode = (search.metric, search.mode) if search.method == "differentiable" else (None, None)
+    # A searcher with its own space carries its own metric and mode (a list of two with NSGA-II).
+    metric, mode = (None, None) if searcher._space else (search.metric, search.mode)
     tuner = tune.Tuner(
         _trainable(job, teacher_state),
         param_space=({name: tune_domain(spec) for name, spec in search.resolved_params().items()}

@@ -4,7 +4,8 @@ A Ray Tune ``TrialScheduler`` with two rules, checked on every reported result:
 
 * **BOPs limit**: a trial whose ``budget_bops_g`` exceeds the limit is stopped at once, from
   ``bops_warmup_epochs`` on (0 for sampled policies: they report their BOPs before building the
-  network; a supernet's expected BOPs get a few epochs to come down). Reason ``bops_limit``.
+  network; a supernet's expected BOPs get half its epochs by default to come down, and a
+  relative ``bops_tolerance``, as its derived policy is repaired anyway). Reason ``bops_limit``.
 * **ARC degradation**: each epoch's ``arc`` is reported to an Optuna pruner (median, percentile
   or successive halving) that compares it with the other trials' ARC at the same epoch; when
   it says prune, the trial stops. Reason ``arc``.
@@ -56,6 +57,7 @@ class BudgetAndARCScheduler(FIFOScheduler):
         searcher: the search algorithm given to ``TuneConfig`` (records stops in the study).
         bops_limit_g: the searched-layer budget, G BOPs.
         bops_warmup_epochs: epochs before the BOPs rule applies.
+        bops_tolerance: relative slack over the limit before the BOPs rule stops a trial.
         pruner: an Optuna pruner for the ARC rule, or None to keep only the BOPs rule.
         record_path: a JSON file that keeps ``{trial_id: reason}`` of every stopped trial
             (written atomically at each stop, so it survives a driver crash and a resume).
@@ -66,6 +68,7 @@ class BudgetAndARCScheduler(FIFOScheduler):
         searcher: RecordingOptunaSearch | None,
         bops_limit_g: float,
         bops_warmup_epochs: int = 0,
+        bops_tolerance: float = 0.0,
         pruner: optuna.pruners.BasePruner | None = None,
         record_path: Path | None = None,
     ) -> None:
@@ -73,6 +76,7 @@ class BudgetAndARCScheduler(FIFOScheduler):
         self.searcher = searcher
         self.bops_limit_g = bops_limit_g
         self.bops_warmup_epochs = bops_warmup_epochs
+        self.bops_tolerance = bops_tolerance
         self.pruner = pruner
         self._arc_study = (
             optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=0))
@@ -94,7 +98,7 @@ class BudgetAndARCScheduler(FIFOScheduler):
         trial_id = trial.trial_id
         epoch = int(result.get("epoch", 0))
         bops = result.get("budget_bops_g")
-        if bops is not None and math.isfinite(bops) and epoch >= self.bops_warmup_epochs and bops > self.bops_limit_g * (1 + 1e-9):
+        if bops is not None and math.isfinite(bops) and epoch >= self.bops_warmup_epochs and bops > self.bops_limit_g * (1 + self.bops_tolerance + 1e-9):
             return self._stop(trial_id, STOP_BOPS_LIMIT)
         arc = result.get("arc")
         if self._arc_study is not None and arc is not None and math.isfinite(arc) and epoch >= 1:

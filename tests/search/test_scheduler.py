@@ -10,7 +10,7 @@ import pytest
 
 from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.policy import Policy
-from gmpq_ray.search.runner import run_search
+from gmpq_ray.search.runner import NoResultError, run_search
 from tests.conftest import write_job
 
 pytestmark = pytest.mark.ray
@@ -83,3 +83,16 @@ def test_repair_mode_evaluates_only_full_feasible_policies(tmp_path, ray_local):
                     assert searched + cost.macs[name] * other * (higher - current) > limit
     # Raw proposals were mostly over the limit: repair mapped them in.
     assert (trials.argmax_bops_g > 0.033).any()
+
+
+def test_supernet_over_budget_after_its_warm_up_is_stopped(tmp_path, ray_local):
+    # Without complexity pressure (lambda_c = 0) the expected BOPs stay near uniform 3-bit
+    # (58 M), far over the 33 M limit: the trial is stopped at the end of its warm-up.
+    job = write_job(tmp_path, search__epochs=3, search__num_trials=1, search__bops_warmup_epochs=1,
+                    search__bops_tolerance=0.1, search__params={"lambda_c": {"value": 0.0}})
+    out = tmp_path / "run"
+    with pytest.raises(NoResultError, match="every trial was pruned"):
+        run_search(job, out, progress=False, log=lambda _: None)
+    trials = pd.read_csv(out / "trials.csv", keep_default_na=False)
+    assert list(trials.status) == ["PRUNED"] and list(trials.stop_reason) == ["bops_limit"]
+    assert list(trials.epochs) == [1] and trials.expected_bops_g[0] > 0.033 * 1.1

@@ -1,0 +1,242 @@
+"""``gmpq ablate``: the dataset-transfer ablation of the GMPQ appendix (Table 1 and Figure 1).
+
+For every architecture: the FP model on the large target data set (given weights, or trained
+there), its top-1; then for every small data set, a GMPQ search (:func:`run_search`, trials in
+parallel on Ray Tune) and the finetune of its winning policy on the target (:func:`finetune`,
+DDP on Ray Train). The run folder receives ``<architecture>/<data set>/{search,finetune}/``
+(full run folders), ``<architecture>/fp_target.pt`` and ``fp_metrics.json``, and the tables
+``transfer.csv`` and ``transfer.md`` and one ``bits_<architecture>.png`` an architecture.
+
+A pair whose search ends without a policy (every trial pruned or failed) gets a row with its
+error and the ablation goes on. ``resume=True`` continues an interrupted ablation: finished
+pieces are kept, interrupted searches and finetunes resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import ray
+import torch
+import yaml
+
+from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.finetuning import QATLoss, load_fp_weights, topk_metrics, topk_sums
+from gmpq_ray.core.models import create_model
+from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.training import train_classifier
+from gmpq_ray.experiments.ablate_job import AblationJob, ArchitectureConfig, Pair, load_ablation_job, slug
+from gmpq_ray.finetune import FINAL_FILE, finetune, latest_checkpoint
+from gmpq_ray.finetune_job import FinetuneJob
+from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown
+from gmpq_ray.search.runner import NoResultError, prepare_output_dir, run_search, save_atomic, start_ray
+
+JOB_COPY = "ablation.yaml"
+FP_STATE, FP_METRICS = "fp_target.pt", "fp_metrics.json"
+
+
+def run_ablation(
+    job: AblationJob | str | Path,
+    output_dir: str | Path,
+    address: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Run the ablation and write its tables and figures; returns the ``transfer.csv`` table.
+
+    Example::
+
+        table = run_ablation("jobs/dataset_transfer_quickstart.yaml", "runs/transfer")
+    """
+    if not isinstance(job, AblationJob):
+        job_path = Path(job)
+        job = load_ablation_job(job_path)
+    else:
+        job_path = None
+    out = _prepare(job, output_dir, overwrite, resume, job_path)
+    start = time.perf_counter()
+    started_ray = start_ray(address)
+    rows, policies = [], {}
+    try:
+        for arch in job.config.architectures:
+            pairs = job.pairs_of(arch.label)
+            fp_path = _fp_weights(job, arch, pairs[0].finetune, out / slug(arch.label), log)
+            rows.append(_fp_row(arch, pairs[0], fp_path, out / slug(arch.label), log))
+            for pair in pairs:
+                row, policy = _run_pair(pair, fp_path, out / pair.folder, address, resume, log)
+                rows.append(row)
+                if policy is not None:
+                    policies.setdefault(arch.label, {})[pair.dataset] = policy
+    finally:
+        if started_ray:
+            ray.shutdown()
+    table = pd.DataFrame(rows)
+    write_text_atomic(out / "transfer.csv", table.to_csv(index=False))
+    markdown = transfer_markdown(table, f"{job.config.name}: top-1 and BOPs on the target of policies searched on each data set",
+                                 _notes(job, time.perf_counter() - start))
+    write_text_atomic(out / "transfer.md", markdown)
+    for arch, found in policies.items():
+        plot_transfer_bits(found, out / f"bits_{slug(arch)}.png", f"{arch}: per-layer bitwidths searched on each data set")
+    log(f"\n{markdown}\nwritten to {out / 'transfer.md'}, {out / 'transfer.csv'} and {out}/bits_*.png")
+    return table
+
+
+def _prepare(job: AblationJob, output_dir, overwrite: bool, resume: bool, job_path: Path | None) -> Path:
+    """Check the data roots and FP weights, then claim the output folder."""
+    if resume and overwrite:
+        raise UserInputError("give --resume or --overwrite, not both")
+    for pair in job.pairs:
+        pair.search.data.num_classes_and_channels()
+    num_classes, in_channels = job.config.target.data.num_classes_and_channels()
+    for arch in job.config.architectures:
+        if arch.fp_state_dict is not None:
+            _check_fp_state(arch, job.pairs_of(arch.label)[0].finetune.model, num_classes, in_channels)
+    if resume:
+        out = Path(output_dir).resolve()
+        if not (out / JOB_COPY).is_file():
+            raise UserInputError(f"--resume: {out} is not an ablation run folder (no {JOB_COPY})")
+        return out
+    out = prepare_output_dir(output_dir, overwrite)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if job_path is not None:
+        shutil.copyfile(job_path, out / JOB_COPY)
+    else:
+        write_text_atomic(out / JOB_COPY, yaml.safe_dump({"name": job.config.name}))
+    return out
+
+
+def _check_fp_state(arch: ArchitectureConfig, model_name: str, num_classes: int, in_channels: int) -> None:
+    try:
+        state = torch.load(arch.fp_state_dict, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
+        raise UserInputError(f"architectures[{arch.label}].fp_state_dict {arch.fp_state_dict}: not a loadable "
+                             f"PyTorch state dict ({type(err).__name__})") from None
+    load_fp_weights(create_model(model_name, num_classes, in_channels), state,
+                    f"architectures[{arch.label}].fp_state_dict {arch.fp_state_dict}")
+
+
+@ray.remote
+def _train_fp_remote(job: FinetuneJob, epochs: int, lr: float) -> dict[str, torch.Tensor]:
+    data = job.data.load()
+    torch.manual_seed(job.seed)
+    model = create_model(job.model, data.num_classes, data.in_channels, job.cifar_stem)
+    train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.seed)
+    device = "cuda" if job.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+    train_classifier(model, train_loader, val_loader, epochs, lr, device=device, progress=False)
+    return {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+@ray.remote
+def _evaluate_fp_remote(job: FinetuneJob, fp_state: dict[str, torch.Tensor]) -> dict[str, float]:
+    data = job.data.load()
+    device = torch.device("cuda" if job.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
+    model = create_model(job.model, data.num_classes, data.in_channels, job.cifar_stem)
+    model.load_state_dict(fp_state)
+    model.to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        model.to(memory_format=torch.channels_last)
+    _, val_loader = data.loaders(job.data.batch_size)
+    loss = QATLoss(autocast=torch.bfloat16 if on_gpu else None, channels_last=on_gpu)
+    return topk_metrics(topk_sums(model, val_loader, loss, device).cpu())
+
+
+def _task_resources(job: FinetuneJob) -> dict[str, float]:
+    return {"num_cpus": job.cpus_per_worker, "num_gpus": job.gpus_per_worker}
+
+
+def _fp_weights(job: AblationJob, arch: ArchitectureConfig, finetune_job: FinetuneJob, folder: Path, log) -> Path:
+    """The architecture's FP weights on the target: given, kept from an earlier run, or trained now."""
+    if arch.fp_state_dict is not None:
+        return Path(arch.fp_state_dict)
+    path = folder / FP_STATE
+    if not path.is_file():
+        target = job.config.target
+        log(f"== {arch.label}: training the FP model on the target ({target.fp_epochs} epochs) ==")
+        state = ray.get(_train_fp_remote.options(**_task_resources(finetune_job)).remote(finetune_job, target.fp_epochs, target.fp_lr))
+        folder.mkdir(parents=True, exist_ok=True)
+        save_atomic(state, path)
+    return path
+
+
+def _fp_row(arch: ArchitectureConfig, pair: Pair, fp_path: Path, folder: Path, log) -> dict:
+    """The FP row: the FP model's top-1 on the target, its BOPs at 32/32 bits."""
+    metrics_path = folder / FP_METRICS
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+    else:
+        state = torch.load(fp_path, map_location="cpu", weights_only=True)
+        metrics = ray.get(_evaluate_fp_remote.options(**_task_resources(pair.finetune)).remote(pair.finetune, state))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    log(f"== {arch.label}: FP top-1 {metrics['top1']:.4f} on the target ==")
+    cost = _cost_model(pair.finetune)
+    fp_bops = cost.uniform_bops(32, 32)
+    searched = sum(cost.macs[n] for n in cost.searched) * 32 * 32
+    return {"architecture": arch.label, "search_dataset": FULL_PRECISION, "top1": metrics["top1"], "top5": metrics["top5"],
+            "bops_searched_g": searched / 1e9, "bops_total_g": fp_bops / 1e9, "policy": "32/32", "error": ""}
+
+
+def _cost_model(job: FinetuneJob) -> CostModel:
+    num_classes, in_channels = job.data.num_classes_and_channels()
+    return CostModel.for_model(job.model, job.deployment_input_size(), num_classes, in_channels, job.cifar_stem)
+
+
+def _run_pair(pair: Pair, fp_path: Path, folder: Path, address, resume: bool, log) -> tuple[dict, Policy | None]:
+    row = {"architecture": pair.architecture, "search_dataset": pair.dataset}
+    log(f"== {pair.architecture}: searching on {pair.dataset} ==")
+    try:
+        policy, search_seconds = _search(pair, folder / "search", resume, log)
+    except NoResultError as err:
+        log(f"== {pair.architecture} on {pair.dataset}: no policy ({err}) ==")
+        return {**row, "error": str(err).splitlines()[0]}, None
+    log(f"== {pair.architecture}: finetuning the {pair.dataset} policy on the target ==")
+    result = _finetune(pair, policy, fp_path, folder / "finetune", address, resume, log)
+    return {
+        **row, "top1": result["top1"], "top5": result["top5"],
+        "bops_searched_g": result["bops_searched_g"], "bops_total_g": result["bops_total_g"],
+        "bops_limit_g": pair.search.space.bops_limit / 1e9,
+        "policy": " ".join(f"{b.w_bits}/{b.a_bits}" for b in policy.layers.values()),
+        "search_seconds": search_seconds, "finetune_seconds": result.get("seconds"), "error": "",
+    }, policy
+
+
+def _search(pair: Pair, folder: Path, resume: bool, log) -> tuple[Policy, float | None]:
+    if resume and (folder / "best_policy.json").is_file():
+        return Policy.load(folder / "best_policy.json"), None
+    if resume and (folder / "job.yaml").is_file():
+        result = run_search(None, folder, resume=True, progress=False, log=log)
+    else:
+        result = run_search(pair.search, folder, overwrite=True, progress=False, log=log)
+    return result.best_policy, result.seconds
+
+
+def _finetune(pair: Pair, policy: Policy, fp_path: Path, folder: Path, address, resume: bool, log) -> dict:
+    if resume and (folder / FINAL_FILE).is_file():
+        return json.loads((folder / FINAL_FILE).read_text())
+    job = dataclasses.replace(pair.finetune, fp_state_dict=str(fp_path))
+    interrupted = resume and latest_checkpoint(folder) is not None
+    result = finetune(policy, job, folder, overwrite=not interrupted, resume=interrupted, address=address, log=log)
+    return {**json.loads((folder / FINAL_FILE).read_text()), "seconds": result.seconds}
+
+
+def _notes(job: AblationJob, seconds: float) -> list[str]:
+    search, ft = job.pairs[0].search.search, job.pairs[0].finetune
+    return [
+        "Top-1 in % on the target's validation split. BOPs: the full-precision row counts the whole network at 32/32 "
+        "bits; a searched policy counts its searched layers (the paper's budget; the first conv and the classifier, "
+        f"kept at {ft.fixed_bits} bits, are in `bops_total_g` of transfer.csv).",
+        f"Search: {search.method}, {search.num_trials} trial(s) x {search.epochs} epoch(s) per data set; finetune: "
+        f"{ft.epochs} epoch(s), lr {ft.lr:g}, {'distilled from the FP model, ' if ft.distill else ''}{ft.workers} worker(s). "
+        f"Wall time {seconds / 60:.1f} min.",
+    ]

@@ -1,0 +1,200 @@
+"""The differentiable search trial on N DDP workers: a Ray Train ``TorchTrainer`` inside a Tune trial.
+
+Ray Train V2 refuses ``tune.Tuner(TorchTrainer(...))``; instead this Tune function trainable
+starts a ``TorchTrainer`` whose workers each train the supernet on a shard of the training split
+(gradients of the network weights and of α all-reduced by DDP, so every worker holds the same
+supernet) and evaluate it on the whole validation split with the very code of
+:func:`gmpq_ray.search.trial.supernet_trial`. Each epoch rank 0 reports the same metrics and
+writes a checkpoint with the same files (``trial_state.pt``, ``policy.json``) into the Train
+run under the trial's folder; ``TuneReportCallback`` passes the metrics on to Tune, where the
+scheduler and Optuna see them as from any trial.
+
+The runner takes the best policy from a trial's *Tune* checkpoint, and the callback forwards
+only a checkpoint path, so when training ends the trial reports its last epoch once more with
+the last Train checkpoint as its Tune checkpoint (the last epoch appears twice in the trial's
+results). A restarted trial resumes from the Train run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray import tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from gmpq_ray.core.calibration import calibrate
+from gmpq_ray.core.objective import GMPQObjective
+from gmpq_ray.core.sharding import train_shard_loader
+from gmpq_ray.core.training import NonFiniteLossError
+from gmpq_ray.ray_train_glue import quiet_ray_train_reports
+from gmpq_ray.search.job import Job
+from gmpq_ray.search.metrics import TRIAL_METRICS
+from gmpq_ray.search.trial import (
+    POLICY_FILE,
+    STATE_FILE,
+    TrialContext,
+    _train_and_evaluate_epoch,
+    build_supernet,
+    seed_everything,
+)
+
+# Share of a trial's CPUs kept by the Tune trial's own process, which only waits on the trainer.
+COORDINATOR_CPU_SHARE = 0.01
+
+
+def sharded_trial_resources(job: Job) -> dict[str, float]:
+    """What ``tune.with_resources`` should reserve for the trial's own (coordinating) process.
+
+    Its DDP workers reserve the rest of ``cpus_per_trial`` and all of ``gpus_per_trial`` through
+    Ray Train, so a trial holds what the job says in all.
+    """
+    return {"cpu": job.resources.cpus_per_trial * COORDINATOR_CPU_SHARE, "gpu": 0}
+
+
+def worker_resources(job: Job) -> dict[str, float]:
+    """Resources of one DDP worker of a sharded trial."""
+    workers = job.resources.workers_per_trial
+    resources = {"CPU": job.resources.cpus_per_trial * (1 - COORDINATOR_CPU_SHARE) / workers}
+    if job.resources.gpus_per_trial > 0:
+        resources["GPU"] = job.resources.gpus_per_trial / workers
+    return resources
+
+
+def sharded_supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Ray Tune function trainable: :func:`~gmpq_ray.search.trial.supernet_trial` on ``workers_per_trial`` DDP workers."""
+    job = context.job
+    storage = tune.get_context().get_storage()
+    use_gpu = job.resources.gpus_per_trial > 0
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"config": config, "job": job, "teacher_state": ray.put(context.teacher_state),
+                           "trial_id": tune.get_context().get_trial_id()},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=job.resources.workers_per_trial, use_gpu=use_gpu,
+                                               resources_per_worker=worker_resources(job)),
+        run_config=ray.train.RunConfig(
+            name="train", storage_path=storage.trial_fs_path, storage_filesystem=storage.storage_filesystem,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # Tune retries the trial (its FailureConfig); the new trainer resumes this run.
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if result.checkpoint is not None and not metrics.get("error"):
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(result.checkpoint.path))
+
+
+class _ThroughDDP:
+    """The search loss with the forward pass through the DDP wrapper (so gradients are
+    all-reduced) while its attribution taps and α stay on the wrapped supernet."""
+
+    def __init__(self, objective: GMPQObjective, ddp_model: torch.nn.Module) -> None:
+        self.objective, self.ddp_model = objective, ddp_model
+
+    def __call__(self, model, images, labels):
+        return self.objective(self.ddp_model, images, labels)
+
+    def __getattr__(self, name: str):
+        return getattr(self.objective, name)
+
+
+def _make_optimizers(supernet: torch.nn.Module, config: dict[str, Any], epochs: int):
+    # As supernet_trial builds them: weights and clips, α apart.
+    alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
+    clips = [p for n, p in supernet.named_parameters() if n.endswith("act_quant.clip")]
+    weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a", "act_quant.clip"))]
+    weight_opt = torch.optim.SGD(
+        [{"params": weights, "weight_decay": config["weight_decay"]}, {"params": clips, "weight_decay": 0.0}],
+        lr=config["lr_weights"], momentum=0.9,
+    )
+    alpha_opt = torch.optim.SGD(alphas, lr=config["lr_alpha"], momentum=0.9)
+    return weight_opt, alpha_opt, torch.optim.lr_scheduler.CosineAnnealingLR(weight_opt, T_max=epochs)
+
+
+def _sum_over_workers(value: float, device: torch.device) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return float(tensor)
+
+
+def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    quiet_ray_train_reports()
+    config, job = loop_config["config"], loop_config["job"]
+    space = job.space
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial / world)))
+    seed_everything(job.search.seed + zlib.crc32(loop_config["trial_id"].encode()))
+    data = job.data.load()
+    train_loader = train_shard_loader(data.train, job.data.batch_size, rank, world, job.search.seed, job.data.num_workers)
+    _, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
+    teacher, supernet = build_supernet(job, ray.get(loop_config["teacher_state"]), data, device)
+    supernet.to(device)
+    weight_opt, alpha_opt, schedule = _make_optimizers(supernet, config, job.search.epochs)
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+        supernet.load_state_dict(state["supernet"])
+        weight_opt.load_state_dict(state["weight_opt"])
+        alpha_opt.load_state_dict(state["alpha_opt"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    elif rank == 0:
+        # DDP gives every worker rank 0's calibrated clips when it wraps the model.
+        calibrate(supernet, train_loader, device)
+    ddp_model = ray.train.torch.prepare_model(supernet, move_to_device=False)
+    cost = space.cost_model()
+    objective = _ThroughDDP(GMPQObjective(
+        supernet, teacher, space.model, cost, space.bops_limit,
+        config["lambda_attr"], config["lambda_c"], config["kappa"], job.search.attribution,
+    ), ddp_model)
+
+    for epoch in range(start_epoch + 1, job.search.epochs + 1):
+        train_loader.sampler.set_epoch(epoch)
+        error = None
+        try:
+            metrics, policy = _train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader,
+                                                        [weight_opt, alpha_opt], device, cost)
+        except NonFiniteLossError as err:
+            error = str(err)
+        # Every worker must take the same branch, or the next collective would hang.
+        if _sum_over_workers(float(error is not None), device) > 0:
+            ray.train.report({**{name: float("nan") for name in TRIAL_METRICS}, "epoch": epoch,
+                              "error": error or "the loss became non-finite on another worker"})
+            return
+        metrics["loss"] = _sum_over_workers(metrics["loss"], device) / world
+        schedule.step()
+        _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, rank)
+
+
+def _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, rank) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            torch.save(
+                {"supernet": supernet.state_dict(), "weight_opt": weight_opt.state_dict(), "alpha_opt": alpha_opt.state_dict(),
+                 "schedule": schedule.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch},
+                os.path.join(folder, STATE_FILE),
+            )
+            policy.save(os.path.join(folder, POLICY_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")
