@@ -12,6 +12,9 @@ the tensors autograd keeps for the backward pass (plus weights, grads and optimi
 on CUDA the peak allocated memory. Example:
 
     python benchmarks/bench_search_step.py --model resnet18 --cifar-stem --batch-size 32 --bits 2 3 4 6
+
+``--compile-quantizers`` times the opt-in ``torch.compile``d quantizer kernels (see
+``gmpq_ray.core.quantizers.use_compiled_kernels``); they compile during the warmup steps.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 
 from gmpq_ray.core import CostModel, GMPQObjective, calibrate, create_model, make_synthetic, to_supernet
 from gmpq_ray.core.policy import LayerBits
+from gmpq_ray.core.quantizers import use_compiled_kernels
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels_last memory format (default: on for CUDA)")
     parser.add_argument("--variants", default="abcd", help="which of a, b, c, d to run")
+    parser.add_argument("--compile-quantizers", action="store_true",
+                        help="torch.compile the quantizer kernels (compiled during the warmup steps)")
     return parser.parse_args()
 
 
@@ -110,6 +116,8 @@ def main() -> None:
                           ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile_quantizers:
+        use_compiled_kernels()
     autocast = device.type == "cuda" if args.bf16 is None else args.bf16
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
     torch.manual_seed(0)
@@ -162,7 +170,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model}{' (CIFAR stem)' if args.cifar_stem else ''}, batch {args.batch_size}, "
           f"{args.image_size}x{args.image_size}, bits {args.bits}, {name}, torch {torch.__version__}, "
-          f"bf16 autocast {'on' if autocast else 'off'}, channels_last {'on' if channels_last else 'off'}")
+          f"bf16 autocast {'on' if autocast else 'off'}, channels_last {'on' if channels_last else 'off'}, "
+          f"quantizer kernels {'compiled' if args.compile_quantizers else 'eager'}")
     memory_label = "peak GPU memory" if device.type == "cuda" else "step memory (saved for backward + weights, grads, momentum)"
     medians = {}
     for variant in variants:

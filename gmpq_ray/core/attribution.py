@@ -61,7 +61,7 @@ class FeatureTap:
             quant = self.classifier.act_quant
             pooled = self.features.mean(dim=(2, 3))
             clip = quant.clip.abs() + 1e-8
-            low = -clip if bool(quant.signed) else torch.zeros_like(clip)
+            low = -clip if quant.is_signed() else torch.zeros_like(clip)
             weights = weights * ((pooled >= low) & (pooled <= clip)).to(weights.dtype)
         return weights
 
