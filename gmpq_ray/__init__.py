@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["search", "__version__"]
+__all__ = ["finetune", "search", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "search":
-        from gmpq_ray.search.runner import run_search
+    # The callable module itself (see gmpq_ray._callable): ``gmpq_ray.search(...)`` runs a search,
+    # ``gmpq_ray.finetune(...)`` a finetuning job, and both stay so after their modules are imported.
+    if name in ("search", "finetune"):
+        import importlib
 
-        return run_search
+        return importlib.import_module(f"gmpq_ray.{name}")
     raise AttributeError(f"module 'gmpq_ray' has no attribute {name!r}")

@@ -23,9 +23,11 @@ from gmpq_ray.core.convert import (
     supernet_layers,
     to_supernet,
 )
-from gmpq_ray.core.data import DataBundle, load_digits, make_synthetic
+from gmpq_ray.core.data import DataBundle, DataConfig, load_digits, make_synthetic
+from gmpq_ray.core.datasets import DATASETS, build_split
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.evaluation import Evaluation, evaluate_with_arc
+from gmpq_ray.core.finetuning import QATLoss, deployment_model, topk_metrics, topk_sums
 from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
 from gmpq_ray.core.models import create_model, list_models, register_model
 from gmpq_ray.core.objective import GMPQObjective
@@ -44,4 +46,6 @@ __all__ = [
     "load_digits", "make_synthetic", "mix_weights", "module_macs", "pinned_policy", "quantize_weight",
     "register_model", "repair_policy", "run_epoch", "searched_layers", "spearman", "supernet_layers",
     "to_supernet", "train_classifier",
+    # data sets and finetuning
+    "DATASETS", "DataConfig", "QATLoss", "build_split", "deployment_model", "topk_metrics", "topk_sums",
 ]

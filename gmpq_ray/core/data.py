@@ -1,38 +1,49 @@
-"""Small in-memory data sets: the embedded digits default and a synthetic set for tests.
+"""The data a job names: the embedded digits, a synthetic set for tests, and image data sets.
 
-Nothing here touches the network: scikit-learn ships the digits (1,797 real 8x8 images).
+:class:`DataConfig` is the ``data:`` section of search and finetune jobs. The digits and the
+synthetic set live in memory (scikit-learn ships the digits: 1,797 real 8x8 images, nothing is
+downloaded); image data sets (CIFAR-10, Cars, Flowers, Aircraft, Pets, Food, ImageNet, any
+ImageFolder tree) are read from a local ``root`` by :mod:`gmpq_ray.core.datasets`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from gmpq_ray.core.config import require
+from gmpq_ray.core.datasets import DATASETS, build_split, num_classes_of
 from gmpq_ray.core.errors import UserInputError
 
 
 @dataclass
 class DataBundle:
-    """Train and validation splits with what a model needs to know about them."""
+    """Train and validation splits with what a model needs to know about them.
 
-    train: TensorDataset
-    val: TensorDataset
+    The splits are tensors in memory (digits, synthetic) or image data sets decoded on the fly
+    by ``num_workers`` loader processes.
+    """
+
+    train: Dataset
+    val: Dataset
     num_classes: int
     in_channels: int
     image_size: int
+    num_workers: int = 0
 
     def loaders(self, batch_size: int, seed: int = 0, drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
         """Shuffled train loader (seeded) and ordered validation loader."""
         generator = torch.Generator().manual_seed(seed)
-        train = DataLoader(self.train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last)
-        val = DataLoader(self.val, batch_size=max(batch_size, 256), shuffle=False)
+        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        train = DataLoader(self.train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last, **workers)
+        val = DataLoader(self.val, batch_size=max(batch_size, 256), shuffle=False, **workers)
         return train, val
 
 
@@ -106,15 +117,30 @@ def make_synthetic(
     return DataBundle(split(num_train), split(num_val), num_classes, in_channels, image_size)
 
 
+IN_MEMORY = ("digits", "synthetic")
+DataName = Literal["digits", "synthetic", "cifar10", "stanford_cars", "flowers102", "fgvc_aircraft", "oxford_pets",
+                   "food101", "imagenet", "imagefolder"]
+
+
 @dataclass
 class DataConfig:
-    """The small data set the search trains on."""
+    """The data set a job trains on: the embedded digits, a synthetic set, or an image data set.
 
-    name: Literal["digits", "synthetic"] = "digits"
-    image_size: int = 16
+    Image data sets read ``root`` (see :mod:`gmpq_ray.core.datasets` for each one's layout);
+    ``image_size`` defaults to the data set's usual resolution (digits 16, CIFAR 32, others 224).
+    ``classes`` keeps some digits only; ``train_fraction`` keeps a fixed random share of the
+    training split (of any data set), e.g. to make a small data set out of a large one.
+    """
+
+    name: DataName = "digits"
+    root: str | None = None
+    download: bool = False
+    image_size: int | None = None
     batch_size: int = 64
+    num_workers: int = 0
     val_fraction: float = 0.2
     classes: list[int] | None = None
+    train_fraction: float = 1.0
     num_train: int = 256
     num_val: int = 128
     num_classes: int = 4
@@ -123,12 +149,67 @@ class DataConfig:
 
     def validate(self, where: str) -> None:
         require(self.batch_size >= 1, f"{where}.batch_size", "must be at least 1")
-        require(self.image_size >= 8, f"{where}.image_size", "must be at least 8")
+        require(self.image_size is None or self.image_size >= 8, f"{where}.image_size", "must be at least 8")
         require(0 < self.val_fraction < 1, f"{where}.val_fraction", "must be between 0 and 1")
+        require(0 < self.train_fraction <= 1, f"{where}.train_fraction", "must be in (0, 1]")
+        require(self.num_workers >= 0, f"{where}.num_workers", "must not be negative")
         require(self.num_train >= 1 and self.num_val >= 1, f"{where}", "num_train and num_val must be positive")
+        require(self.classes is None or self.name == "digits", f"{where}.classes", "only applies to the digits")
+        if self.name in IN_MEMORY:
+            require(self.root is None, f"{where}.root", f"{self.name} needs no root (it is built in memory)")
+        else:
+            require(self.root is not None, f"{where}.root", f"{self.name} is read from a local folder: give its root "
+                    f"({DATASETS[self.name].layout})")
+
+    @property
+    def resolved_image_size(self) -> int:
+        """``image_size``, or the data set's usual resolution."""
+        if self.image_size is not None:
+            return self.image_size
+        return 16 if self.name in IN_MEMORY else DATASETS[self.name].image_size
+
+    def resolve_paths(self, base: str | Path) -> None:
+        """Make a relative ``root`` relative to ``base`` (the job file's folder)."""
+        if self.root is not None:
+            self.root = str((Path(base) / Path(self.root).expanduser()).resolve())
 
     def load(self) -> DataBundle:
-        """Build the data set (offline: the digits ship with scikit-learn)."""
+        """Build the data set (offline unless ``download: true``).
+
+        Raises:
+            UserInputError: an image data set's root is missing or malformed.
+        """
+        size = self.resolved_image_size
         if self.name == "digits":
-            return load_digits(self.image_size, self.val_fraction, self.classes, self.seed)
-        return make_synthetic(self.num_train, self.num_val, self.num_classes, self.image_size, self.in_channels, self.seed)
+            bundle = load_digits(size, self.val_fraction, self.classes, self.seed)
+        elif self.name == "synthetic":
+            bundle = make_synthetic(self.num_train, self.num_val, self.num_classes, size, self.in_channels, self.seed)
+        else:
+            bundle = DataBundle(
+                train=build_split(self.name, self.root, True, size, self.download),
+                val=build_split(self.name, self.root, False, size, self.download),
+                num_classes=num_classes_of(self.name, self.root),
+                in_channels=3,
+                image_size=size,
+                num_workers=self.num_workers,
+            )
+        if self.train_fraction < 1:
+            bundle.train = _fixed_subset(bundle.train, self.train_fraction, self.seed)
+        return bundle
+
+    def num_classes_and_channels(self) -> tuple[int, int]:
+        """(classes, input channels) without loading any image; checks an image root's layout."""
+        if self.name == "digits":
+            return (len(set(self.classes)) if self.classes else 10), 1
+        if self.name == "synthetic":
+            return self.num_classes, self.in_channels
+        if not self.download and not Path(self.root).is_dir():
+            raise UserInputError(f"data.root {self.root} does not exist; {DATASETS[self.name].layout}")
+        return num_classes_of(self.name, self.root), 3
+
+
+def _fixed_subset(dataset: Dataset, fraction: float, seed: int) -> Subset:
+    """A fixed random share of ``dataset`` (at least one sample)."""
+    count = max(1, int(round(len(dataset) * fraction)))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7919))
+    return Subset(dataset, sorted(order[:count].tolist()))

@@ -1,0 +1,107 @@
+"""``gmpq ablate``: a reduced dataset-transfer ablation on the digits, its outputs, and bad jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from gmpq_ray.cli import main
+from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.policy import Policy
+from gmpq_ray.experiments.ablate import run_ablation
+from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown
+from tests.conftest import REPO
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_ablation_job(folder: Path, **changes) -> Path:
+    """The quickstart ablation, reduced: 1 small data set, 1 trial of 2 epochs, 1 finetune epoch."""
+    job = yaml.safe_load((REPO / "jobs" / "dataset_transfer_quickstart.yaml").read_text())
+    job["architectures"][0]["searchspace"] = str(REPO / "searchspaces" / "digits_cnn.yaml")
+    job["search_datasets"] = job["search_datasets"][2:]  # digits 30%
+    job["teacher"] = {"epochs": 1, "lr": 0.05}
+    job["search"].update(epochs=2, num_trials=1, max_concurrent_trials=1, bops_warmup_epochs=3)
+    job["target"].update(fp_epochs=1, finetune={"epochs": 1, "lr": 0.01, "distill": True, "workers": 1})
+    job.update(changes)
+    path = folder / "ablation.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+@pytest.mark.ray
+def test_reduced_quickstart_writes_the_table_and_figures(tmp_path, ray_local):
+    out = tmp_path / "transfer"
+    table = run_ablation(write_ablation_job(tmp_path), out, log=lambda _: None)
+    assert list(table.search_dataset) == [FULL_PRECISION, "digits 30%"]
+    assert (table.error == "").all() and table.top1.between(0, 1).all()
+    saved = pd.read_csv(out / "transfer.csv", keep_default_na=False)
+    assert list(saved.search_dataset) == list(table.search_dataset)
+    cost = CostModel.for_model("digits_cnn", 16, 10, 1)
+    assert saved.bops_total_g[0] == pytest.approx(cost.uniform_bops(32, 32) / 1e9)
+    for row in saved.iloc[1:].itertuples():
+        folder = out / "digits_cnn" / row.search_dataset.replace(" ", "_").replace("%", "")
+        policy = Policy.load(folder / "search" / "best_policy.json")
+        assert (row.bops_searched_g * 1e9, row.bops_total_g * 1e9) == pytest.approx(cost.policy_bops(policy))
+        assert row.bops_searched_g <= 0.033 + 1e-12
+        assert (folder / "finetune" / "final_metrics.json").is_file() and (folder / "finetune" / "model.pt").is_file()
+    markdown = (out / "transfer.md").read_text()
+    assert "| Architecture | Full-precision top-1 | BOPs (G) | digits 30% top-1 | BOPs (G) |" in markdown
+    assert markdown.count("| digits CNN |") == 1
+    assert (out / "bits_digits_cnn.png").read_bytes()[:8] == PNG
+    assert (out / "digits_cnn" / "fp_target.pt").is_file()
+
+
+def test_markdown_table_matches_the_appendix_layout(tmp_path):
+    rows = [
+        {"architecture": "ResNet18", "search_dataset": FULL_PRECISION, "top1": 0.697, "bops_searched_g": 1736.2, "bops_total_g": 1853.4},
+        {"architecture": "ResNet18", "search_dataset": "CIFAR-10", "top1": 0.699, "bops_searched_g": 15.3, "bops_total_g": 22.9},
+        {"architecture": "ResNet18", "search_dataset": "Cars", "top1": None, "bops_searched_g": None, "bops_total_g": None},
+    ]
+    markdown = transfer_markdown(pd.DataFrame(rows), "t")
+    assert "| ResNet18 | 69.7 | 1853.4 | 69.9 | 15.3 | - | - |" in markdown
+
+
+def test_bits_figure_has_a_series_per_data_set(tmp_path):
+    cost = CostModel.for_model("resnet18", 224)
+    policies = {name: cost.uniform_policy("resnet18", w, a) for name, w, a in (("CIFAR-10", 3, 4), ("Cars", 2, 3), ("Pets", 4, 2))}
+    path = plot_transfer_bits(policies, tmp_path / "bits.png", "ResNet18")
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+
+
+def refused(capsys, *args: str) -> str:
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("gmpq: error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"colour": "red"}, "unknown key(s) ['colour']"),
+        ({"search_datasets": []}, "search_datasets: needs at least one data set"),
+        ({"target": {"data": {"name": "digits"}, "fp_epochs": 0}}, "give fp_state_dict (FP weights on the target) or target.fp_epochs >= 1"),
+        ({"target": {"data": {"name": "digits"}, "fp_epochs": 1, "finetune": {"model": "resnet18"}}}, "target.finetune: ['model'] are set per"),
+        ({"target": {"data": {"name": "digits"}, "fp_epochs": 1, "finetune": {"workers": 0}}}, "workers: must be at least 1"),
+        ({"target": {"data": {"name": "imagenet", "root": "nowhere"}, "fp_epochs": 1}}, "does not exist; expected ROOT/train/<class>/*.jpg"),
+        ({"search": {"epochs": 0}}, "search.epochs"),
+    ],
+)
+def test_bad_ablation_jobs_are_refused_before_anything_runs(tmp_path, capsys, changes, expected):
+    job = write_ablation_job(tmp_path, **changes)
+    line = refused(capsys, "ablate", str(job), "--output", str(tmp_path / "o"))
+    assert expected in line and not (tmp_path / "o").exists()
+
+
+def test_duplicate_labels_and_missing_fp_weights(tmp_path, capsys):
+    job = yaml.safe_load(write_ablation_job(tmp_path).read_text())
+    job["search_datasets"].append(dict(job["search_datasets"][0]))
+    (tmp_path / "dup.yaml").write_text(yaml.safe_dump(job))
+    assert "labels must differ" in refused(capsys, "ablate", str(tmp_path / "dup.yaml"), "--output", str(tmp_path / "o"))
+    job = write_ablation_job(tmp_path, architectures=[{"label": "cnn", "searchspace": str(REPO / "searchspaces" / "digits_cnn.yaml"),
+                                                       "fp_state_dict": "missing.pt"}])
+    assert "fp_state_dict" in refused(capsys, "ablate", str(job), "--output", str(tmp_path / "o"))
