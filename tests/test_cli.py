@@ -160,3 +160,32 @@ def test_no_traceback_from_the_console_command(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("gmpq: error:") and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_needs_a_run_folder_and_no_job(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert_refused(capsys, ["search", "--resume", str(tmp_path / "empty")], "not a gmpq run folder (no job.yaml)")
+    job = write_job(tmp_path)
+    assert_refused(capsys, ["search", str(job), "--resume", str(tmp_path / "empty")], "give either a job file or --resume DIR")
+
+
+def test_output_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    assert_refused(capsys, ["search", str(write_job(tmp_path)), "--output", str(tmp_path / "out")], "exists and is not a folder")
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_job_that_is_not_a_mapping(tmp_path, capsys):
+    (tmp_path / "list.yaml").write_text("- name: x\n")
+    assert_refused(capsys, ["search", str(tmp_path / "list.yaml"), "--output", str(tmp_path / "o")], "list.yaml", tmp_path / "o")
+
+
+def test_sharded_trials_need_the_differentiable_method(tmp_path, capsys):
+    job = write_job(tmp_path, search__method="sampling", resources={"cpus_per_trial": 2, "workers_per_trial": 2})
+    assert_refused(capsys, ["search", str(job), "--output", str(tmp_path / "o")],
+                   "resources.workers_per_trial: must be 1 with search.method 'sampling'", tmp_path / "o")
+
+
+def test_bops_of_a_malformed_policy_file(tmp_path, capsys):
+    (tmp_path / "p.json").write_text("{\"layers\": ")
+    assert_refused(capsys, ["bops", "digits_cnn", "--input-size", "16", "--policy", str(tmp_path / "p.json")], "not valid JSON")

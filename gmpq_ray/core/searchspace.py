@@ -92,10 +92,15 @@ class SearchSpace:
         return LayerBits(self.fixed_bits, self.fixed_bits)
 
     def cost_model(self) -> CostModel:
-        """MACs of the deployment model (``model`` at ``input_size``, ``num_classes``)."""
+        """MACs of the deployment model (``model`` at ``input_size``, ``num_classes``).
+
+        ``cifar_stem`` only shapes the network trained during the search on small images; the
+        policy is deployed on the standard-stem network (its searched layers have the same
+        names), so the budget is always counted on that one.
+        """
         if self.fixed_layers is not None:
             check_fixed_layers(create_model(self.model, self.num_classes, self.in_channels, self.cifar_stem, device="meta"), self.fixed_layers)
-        return CostModel.for_model(self.model, self.input_size, self.num_classes, self.in_channels, self.cifar_stem, self.fixed_layers)
+        return CostModel.for_model(self.model, self.input_size, self.num_classes, self.in_channels, False, self.fixed_layers)
 
     def smallest_bops(self) -> int:
         cost = self.cost_model()

@@ -220,6 +220,9 @@ def parse_job(raw: Any, path: Path) -> Job:
             raise UserInputError(f"{path}: teacher.state_dict {state} does not exist")
         job.teacher.state_dict = str(state)
     if job.search.method == "sampling":
+        # A sampled policy is evaluated by short QAT on one worker; only supernets are sharded.
+        require(job.resources.workers_per_trial == 1, f"{path}: resources.workers_per_trial",
+                "must be 1 with search.method 'sampling' (only differentiable trials train on several workers)")
         _check_sampling_points(job, f"{path}: search.initial_points")
     return job
 

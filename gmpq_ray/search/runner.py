@@ -48,6 +48,10 @@ TEACHER_FILE = "teacher.pt"
 class NoResultError(RuntimeError):
     """A search ran but no trial finished with a policy (all pruned or failed)."""
 
+    def __init__(self, message: str, seconds: float = float("nan")) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
 
 @dataclass
 class SearchResult:
@@ -212,7 +216,10 @@ def run_search(
     stop_reasons = read_stop_reasons(out / STOP_REASONS_FILE)
     trials = trials_table(grid, job, stop_reasons)
     _write_csv(trials, out / "trials.csv")
-    best = _best_result(grid, job, stop_reasons)
+    try:
+        best = _best_result(grid, job, stop_reasons)
+    except NoResultError as err:
+        raise NoResultError(str(err), time.perf_counter() - start) from None
     with best.checkpoint.as_directory() as folder:
         policy = Policy.load(Path(folder) / POLICY_FILE)
     best_path = out / "best_policy.json"
@@ -273,6 +280,12 @@ def close_orphaned_optuna_trials(job: Job, study_path: Path) -> int:
 
 
 def _trainable(job: Job, teacher_state: dict[str, torch.Tensor]):
+    if job.search.method == "differentiable" and job.resources.workers_per_trial > 1:
+        # Imported here: Ray Train is only loaded by searches that shard their trials.
+        from gmpq_ray.search.sharded import sharded_supernet_trial, sharded_trial_resources
+
+        trainable = tune.with_parameters(sharded_supernet_trial, context=TrialContext(job=job, teacher_state=teacher_state))
+        return tune.with_resources(trainable, sharded_trial_resources(job))
     function = supernet_trial if job.search.method == "differentiable" else sampling_trial
     trainable = tune.with_parameters(function, context=TrialContext(job=job, teacher_state=teacher_state))
     return tune.with_resources(trainable, {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial})
@@ -325,7 +338,7 @@ def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bo
 
 def trials_table(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]) -> pd.DataFrame:
     """One row a trial: id, status (TERMINATED, PRUNED or ERROR), why it stopped early,
-    its tuned hyper-parameters (or sampled bits), last reported metrics, error."""
+    its tuned hyper-parameters (or sampled bits), last reported metrics, its time, error."""
     tuned = [name for name, spec in job.search.resolved_params().items() if spec.value is None]
     rows = []
     for result in grid:
@@ -345,6 +358,7 @@ def trials_table(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]) 
             bits = (result.config or {}).get("w_bits", {}), (result.config or {}).get("a_bits", {})
             row["proposal"] = " ".join(f"{int(bits[0][n])}/{int(bits[1][n])}" for n in bits[0])
         row.update({name: metrics.get(name) for name in TRIAL_METRICS})
+        row["time_total_s"] = metrics.get("time_total_s")  # the trainable's own time, as Tune measured it
         row["error"] = failure
         rows.append(row)
     return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
