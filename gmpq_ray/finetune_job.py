@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models import list_models
@@ -62,31 +62,31 @@ class FinetuneJob:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{where}.name",
+        require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{key_path(where)}name",
                 "must be letters, digits, '-' or '_'")
         require((self.model is None) != (self.searchspace is None), where, "give either model or searchspace (not both)")
-        require(self.model is None or self.model in list_models(), f"{where}.model",
+        require(self.model is None or self.model in list_models(), f"{key_path(where)}model",
                 f"unknown model {self.model!r}; available: {list_models()}")
-        check_bits(self.fixed_bits, f"{where}.fixed_bits")
-        require(self.num_classes is None or self.num_classes >= 2, f"{where}.num_classes", "must be at least 2")
-        require(self.input_size is None or self.input_size >= 8, f"{where}.input_size", "must be at least 8")
-        require(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
-        require(self.lr > 0, f"{where}.lr", "must be positive")
-        require(self.weight_decay >= 0, f"{where}.weight_decay", "must not be negative")
-        require(0 <= self.momentum < 1, f"{where}.momentum", "must be in [0, 1)")
-        require(self.distill_temperature > 0, f"{where}.distill_temperature", "must be positive")
-        require(0 <= self.distill_weight <= 1, f"{where}.distill_weight", "must be between 0 and 1")
-        require(self.calibration_batches >= 1, f"{where}.calibration_batches", "must be at least 1")
+        check_bits(self.fixed_bits, f"{key_path(where)}fixed_bits")
+        require(self.num_classes is None or self.num_classes >= 2, f"{key_path(where)}num_classes", "must be at least 2")
+        require(self.input_size is None or self.input_size >= 8, f"{key_path(where)}input_size", "must be at least 8")
+        require(self.epochs >= 1, f"{key_path(where)}epochs", "must be at least 1")
+        require(self.lr > 0, f"{key_path(where)}lr", "must be positive")
+        require(self.weight_decay >= 0, f"{key_path(where)}weight_decay", "must not be negative")
+        require(0 <= self.momentum < 1, f"{key_path(where)}momentum", "must be in [0, 1)")
+        require(self.distill_temperature > 0, f"{key_path(where)}distill_temperature", "must be positive")
+        require(0 <= self.distill_weight <= 1, f"{key_path(where)}distill_weight", "must be between 0 and 1")
+        require(self.calibration_batches >= 1, f"{key_path(where)}calibration_batches", "must be at least 1")
         self.check_resources(where)
-        require(self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"{where}.stop_after_epochs",
+        require(self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"{key_path(where)}stop_after_epochs",
                 "must be at least 1")
 
     def check_resources(self, where: str) -> None:
         """Checks of the fields command-line flags may override."""
-        require(self.workers >= 1, f"{where}.workers", f"must be at least 1, got {self.workers}")
-        require(self.cpus_per_worker > 0, f"{where}.cpus_per_worker", "must be positive")
-        require(self.gpus_per_worker >= 0, f"{where}.gpus_per_worker", "must not be negative")
-        require(self.max_failures >= 0, f"{where}.max_failures", "must not be negative")
+        require(self.workers >= 1, f"{key_path(where)}workers", f"must be at least 1, got {self.workers}")
+        require(self.cpus_per_worker > 0, f"{key_path(where)}cpus_per_worker", "must be positive")
+        require(self.gpus_per_worker >= 0, f"{key_path(where)}gpus_per_worker", "must not be negative")
+        require(self.max_failures >= 0, f"{key_path(where)}max_failures", "must not be negative")
 
     @property
     def fixed(self) -> LayerBits:

@@ -140,7 +140,7 @@ def test_bad_resources(setup, tmp_path, capsys, flags, expected):
 
 def test_bad_job_fields(setup, tmp_path, capsys):
     policy_path, _ = setup
-    for overrides, expected in [({"epochs": 0}, ".epochs: must be at least 1"), ({"optimizer": "adam"}, "unknown key(s) ['optimizer']"),
+    for overrides, expected in [({"epochs": 0}, "finetune.yaml: epochs: must be at least 1"), ({"optimizer": "adam"}, "unknown key(s) ['optimizer']"),
                                 ({"data": {"name": "imagenet"}}, "data.root"), ({"model": "vgg99"}, "unknown model 'vgg99'")]:
         job = write_finetune_job(tmp_path, tmp_path / "data", tmp_path / "fp.pt", **overrides)
         assert expected in refused(capsys, "finetune", str(policy_path), str(job), "--output", str(tmp_path / "o"))

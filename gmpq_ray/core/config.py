@@ -19,6 +19,16 @@ from gmpq_ray.core.errors import UserInputError
 
 T = TypeVar("T")
 
+_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def key_path(where: str) -> str:
+    """The prefix of a key under ``where``: ``job.yaml: `` for a file's top-level keys, else ``where.``.
+
+    So errors read ``job.yaml: search.epochs: ...`` and ``data.root: ...``.
+    """
+    return f"{where}: " if where.endswith(_FILE_SUFFIXES) else f"{where}."
+
 
 def load_yaml(path: str | Path) -> Any:
     """``yaml.safe_load`` of a file, with clear errors for a missing or malformed file."""
@@ -48,7 +58,7 @@ def parse(cls: type[T], data: Any, where: str) -> T:
     values = {}
     for name, field in fields.items():
         if name in data:
-            values[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+            values[name] = _coerce(hints[name], data[name], f"{key_path(where)}{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise UserInputError(f"{where}: missing required key {name!r}")
     obj = cls(**values)
@@ -84,7 +94,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise UserInputError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(args[1], v, f"{key_path(where)}{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return parse(hint, value, where)
     if hint is bool:

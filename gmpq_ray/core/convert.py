@@ -36,13 +36,13 @@ def searched_layers(model: nn.Module, fixed_layers: Iterable[str] | None = None)
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in fixed]
 
 
-def check_fixed_layers(model: nn.Module, fixed_layers: Sequence[str]) -> None:
-    """Raise if a configured fixed layer is not a Conv2d/Linear of ``model``."""
+def check_fixed_layers(model: nn.Module, fixed_layers: Sequence[str], where: str = "fixed_layers") -> None:
+    """Raise if a configured fixed layer is not a Conv2d/Linear of ``model`` (``where`` names the field)."""
     names = set(quantizable_layers(model))
     unknown = [name for name in fixed_layers if name not in names]
     if unknown:
         raise UserInputError(
-            f"fixed_layers: {unknown} are not conv or linear layers of the model "
+            f"{where}: {unknown} are not conv or linear layers of the model "
             f"(its first and last are {default_fixed_layers(model)})"
         )
 

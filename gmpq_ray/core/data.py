@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from gmpq_ray.core.config import require
+from gmpq_ray.core.config import key_path, require
 from gmpq_ray.core.datasets import DATASETS, build_split, num_classes_of
 from gmpq_ray.core.errors import UserInputError
 
@@ -148,17 +148,17 @@ class DataConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        require(self.batch_size >= 1, f"{where}.batch_size", "must be at least 1")
-        require(self.image_size is None or self.image_size >= 8, f"{where}.image_size", "must be at least 8")
-        require(0 < self.val_fraction < 1, f"{where}.val_fraction", "must be between 0 and 1")
-        require(0 < self.train_fraction <= 1, f"{where}.train_fraction", "must be in (0, 1]")
-        require(self.num_workers >= 0, f"{where}.num_workers", "must not be negative")
+        require(self.batch_size >= 1, f"{key_path(where)}batch_size", "must be at least 1")
+        require(self.image_size is None or self.image_size >= 8, f"{key_path(where)}image_size", "must be at least 8")
+        require(0 < self.val_fraction < 1, f"{key_path(where)}val_fraction", "must be between 0 and 1")
+        require(0 < self.train_fraction <= 1, f"{key_path(where)}train_fraction", "must be in (0, 1]")
+        require(self.num_workers >= 0, f"{key_path(where)}num_workers", "must not be negative")
         require(self.num_train >= 1 and self.num_val >= 1, f"{where}", "num_train and num_val must be positive")
-        require(self.classes is None or self.name == "digits", f"{where}.classes", "only applies to the digits")
+        require(self.classes is None or self.name == "digits", f"{key_path(where)}classes", "only applies to the digits")
         if self.name in IN_MEMORY:
-            require(self.root is None, f"{where}.root", f"{self.name} needs no root (it is built in memory)")
+            require(self.root is None, f"{key_path(where)}root", f"{self.name} needs no root (it is built in memory)")
         else:
-            require(self.root is not None, f"{where}.root", f"{self.name} is read from a local folder: give its root "
+            require(self.root is not None, f"{key_path(where)}root", f"{self.name} is read from a local folder: give its root "
                     f"({DATASETS[self.name].layout})")
 
     @property

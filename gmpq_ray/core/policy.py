@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gmpq_ray.core.config import key_path
 from gmpq_ray.core.errors import UserInputError
 
 POLICY_FORMAT = "gmpq-policy/1"
@@ -65,7 +66,7 @@ class LayerBits:
         for key in ("w_bits", "a_bits"):
             if key not in data:
                 raise UserInputError(f"{where}: missing {key}")
-        return cls(check_bits(data["w_bits"], f"{where}.w_bits"), check_bits(data["a_bits"], f"{where}.a_bits"))
+        return cls(check_bits(data["w_bits"], f"{key_path(where)}w_bits"), check_bits(data["a_bits"], f"{key_path(where)}a_bits"))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require
 from gmpq_ray.core.convert import check_fixed_layers
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models import create_model, list_models
@@ -60,24 +60,27 @@ class SearchSpace:
     fixed_bits: int = 8
 
     def validate(self, where: str) -> None:
-        require(self.model in list_models(), f"{where}.model", f"unknown model {self.model!r}; available: {list_models()}")
-        require(self.input_size >= 8, f"{where}.input_size", f"must be at least 8, got {self.input_size}")
-        require(self.num_classes >= 2, f"{where}.num_classes", "must be at least 2")
-        require(self.in_channels >= 1, f"{where}.in_channels", "must be at least 1")
+        require(self.model in list_models(), f"{key_path(where)}model", f"unknown model {self.model!r}; available: {list_models()}")
+        require(self.input_size >= 8, f"{key_path(where)}input_size", f"must be at least 8, got {self.input_size}")
+        require(self.num_classes >= 2, f"{key_path(where)}num_classes", "must be at least 2")
+        require(self.in_channels >= 1, f"{key_path(where)}in_channels", "must be at least 1")
         for kind in ("w_bits", "a_bits"):
             bits = getattr(self, kind)
-            require(len(bits) >= 1, f"{where}.{kind}", "needs at least one candidate")
-            require(len(set(bits)) == len(bits), f"{where}.{kind}", f"repeats a candidate: {bits}")
+            require(len(bits) >= 1, f"{key_path(where)}{kind}", "needs at least one candidate")
+            require(len(set(bits)) == len(bits), f"{key_path(where)}{kind}", f"repeats a candidate: {bits}")
             for i, b in enumerate(bits):
-                require(MIN_BITS <= b <= MAX_BITS, f"{where}.{kind}[{i}]", f"bits must be between {MIN_BITS} and {MAX_BITS}, got {b}")
+                require(MIN_BITS <= b <= MAX_BITS, f"{key_path(where)}{kind}[{i}]", f"bits must be between {MIN_BITS} and {MAX_BITS}, got {b}")
             setattr(self, kind, sorted(bits))
-        check_bits(self.fixed_bits, f"{where}.fixed_bits")
-        self.bops_limit = parse_bops(self.bops_limit, f"{where}.bops_limit")
+        check_bits(self.fixed_bits, f"{key_path(where)}fixed_bits")
+        self.bops_limit = parse_bops(self.bops_limit, f"{key_path(where)}bops_limit")
+        if self.fixed_layers is not None:
+            model = create_model(self.model, self.num_classes, self.in_channels, self.cifar_stem, device="meta")
+            check_fixed_layers(model, self.fixed_layers, f"{key_path(where)}fixed_layers")
         cost = self.cost_model()
-        require(bool(cost.searched), f"{where}.fixed_layers", "leaves no layer to search")
+        require(bool(cost.searched), f"{key_path(where)}fixed_layers", "leaves no layer to search")
         floor = self.smallest_bops()
         require(
-            floor <= self.bops_limit, f"{where}.bops_limit",
+            floor <= self.bops_limit, f"{key_path(where)}bops_limit",
             f"{self.bops_limit / 1e9:.4g} G is below the smallest policy's {floor / 1e9:.4g} G "
             f"(every searched layer at {self.w_bits[0]}/{self.a_bits[0]} bits)",
         )

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.finetune_job import FinetuneJob
@@ -67,10 +67,10 @@ class TargetConfig:
     finetune: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        require(self.fp_epochs >= 0, f"{where}.fp_epochs", "must not be negative")
-        require(self.fp_lr > 0, f"{where}.fp_lr", "must be positive")
+        require(self.fp_epochs >= 0, f"{key_path(where)}fp_epochs", "must not be negative")
+        require(self.fp_lr > 0, f"{key_path(where)}fp_lr", "must be positive")
         taken = sorted(set(self.finetune) & set(_PAIR_FIELDS))
-        require(not taken, f"{where}.finetune", f"{taken} are set per architecture and data set by the ablation")
+        require(not taken, f"{key_path(where)}finetune", f"{taken} are set per architecture and data set by the ablation")
 
 
 @dataclass
@@ -86,11 +86,11 @@ class AblationConfig:
     resources: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        require(bool(self.architectures), f"{where}.architectures", "needs at least one architecture")
-        require(bool(self.search_datasets), f"{where}.search_datasets", "needs at least one data set")
+        require(bool(self.architectures), f"{key_path(where)}architectures", "needs at least one architecture")
+        require(bool(self.search_datasets), f"{key_path(where)}search_datasets", "needs at least one data set")
         for kind, items in (("architectures", self.architectures), ("search_datasets", self.search_datasets)):
             labels = [slug(item.label) for item in items]
-            require(len(set(labels)) == len(labels), f"{where}.{kind}", f"labels must differ (as folder names): {labels}")
+            require(len(set(labels)) == len(labels), f"{key_path(where)}{kind}", f"labels must differ (as folder names): {labels}")
 
 
 @dataclass
@@ -136,7 +136,7 @@ def load_ablation_job(path: str | Path) -> AblationJob:
         if arch.fp_state_dict is not None:
             fp_path = (base / Path(arch.fp_state_dict).expanduser()).resolve()
             if not fp_path.is_file():
-                raise UserInputError(f"{where}.fp_state_dict {fp_path} does not exist")
+                raise UserInputError(f"{key_path(where)}fp_state_dict {fp_path} does not exist")
             arch.fp_state_dict = str(fp_path)
         elif config.target.fp_epochs < 1:
             raise UserInputError(f"{where}: give fp_state_dict (FP weights on the target) or target.fp_epochs >= 1")

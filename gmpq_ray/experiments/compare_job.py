@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.search.job import Job, SearchConfig, job_to_dict, parse_job
 
@@ -35,8 +35,8 @@ class BudgetConfig:
     def validate(self, where: str) -> None:
         require((self.num_trials is None) != (self.time_budget_s is None), where,
                 "give exactly one of num_trials or time_budget_s")
-        require(self.num_trials is None or self.num_trials >= 1, f"{where}.num_trials", "must be at least 1")
-        require(self.time_budget_s is None or self.time_budget_s > 0, f"{where}.time_budget_s", "must be positive")
+        require(self.num_trials is None or self.num_trials >= 1, f"{key_path(where)}num_trials", "must be at least 1")
+        require(self.time_budget_s is None or self.time_budget_s > 0, f"{key_path(where)}time_budget_s", "must be positive")
 
 
 @dataclass
@@ -48,9 +48,9 @@ class EvaluationConfig:
     lr: float = 0.01
 
     def validate(self, where: str) -> None:
-        require(self.seeds >= 1, f"{where}.seeds", "must be at least 1")
-        require(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
-        require(self.lr > 0, f"{where}.lr", "must be positive")
+        require(self.seeds >= 1, f"{key_path(where)}seeds", "must be at least 1")
+        require(self.epochs >= 1, f"{key_path(where)}epochs", "must be at least 1")
+        require(self.lr > 0, f"{key_path(where)}lr", "must be positive")
 
 
 @dataclass
@@ -64,9 +64,9 @@ class CompareConfig:
 
     def validate(self, where: str) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
-        require(not unknown, f"{where}.methods", f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-        require(bool(self.methods), f"{where}.methods", "needs at least one method")
-        require(self.random_policies >= 0, f"{where}.random_policies", "must not be negative")
+        require(not unknown, f"{key_path(where)}methods", f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        require(bool(self.methods), f"{key_path(where)}methods", "needs at least one method")
+        require(self.random_policies >= 0, f"{key_path(where)}random_policies", "must not be negative")
 
 
 @dataclass

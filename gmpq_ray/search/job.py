@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gmpq_ray.core.config import load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.searchspace import SearchSpace
@@ -42,8 +42,8 @@ class TeacherConfig:
     state_dict: str | None = None
 
     def validate(self, where: str) -> None:
-        require(self.epochs >= 0, f"{where}.epochs", "must not be negative")
-        require(self.lr > 0, f"{where}.lr", "must be positive")
+        require(self.epochs >= 0, f"{key_path(where)}epochs", "must not be negative")
+        require(self.lr > 0, f"{key_path(where)}lr", "must be positive")
         require(self.state_dict is not None or self.epochs >= 1, f"{where}", "give epochs >= 1 or a state_dict")
 
 
@@ -65,7 +65,7 @@ class ParamSpec:
             require(self.low < self.high, where, f"low ({self.low}) must be below high ({self.high})")
             require(not self.log or self.low > 0, where, "a log range needs low > 0")
         if self.choices is not None:
-            require(len(self.choices) >= 1, f"{where}.choices", "needs at least one value")
+            require(len(self.choices) >= 1, f"{key_path(where)}choices", "needs at least one value")
         for number in (self.value, self.low, self.high, *(self.choices or [])):
             require(number is None or math.isfinite(number), where, "values must be finite")
 
@@ -83,7 +83,7 @@ class PrunerConfig:
 
     def validate(self, where: str) -> None:
         require(self.n_startup_trials >= 0 and self.n_warmup_steps >= 0, where, "counts must not be negative")
-        require(0 < self.percentile < 100, f"{where}.percentile", "must be between 0 and 100")
+        require(0 < self.percentile < 100, f"{key_path(where)}percentile", "must be between 0 and 100")
         require(self.min_resource >= 1 and self.reduction_factor >= 2, where, "min_resource >= 1 and reduction_factor >= 2")
 
 
@@ -113,25 +113,25 @@ class SearchConfig:
     initial_points: list[dict[str, float]] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
-        require(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
-        require(self.num_trials >= 1, f"{where}.num_trials", "must be at least 1")
-        require(self.max_concurrent_trials >= 1, f"{where}.max_concurrent_trials", "must be at least 1")
-        require(self.max_failures >= 0, f"{where}.max_failures", "must not be negative")
-        require(self.sampler != "nsga2" or self.method == "sampling", f"{where}.sampler",
+        require(self.epochs >= 1, f"{key_path(where)}epochs", "must be at least 1")
+        require(self.num_trials >= 1, f"{key_path(where)}num_trials", "must be at least 1")
+        require(self.max_concurrent_trials >= 1, f"{key_path(where)}max_concurrent_trials", "must be at least 1")
+        require(self.max_failures >= 0, f"{key_path(where)}max_failures", "must not be negative")
+        require(self.sampler != "nsga2" or self.method == "sampling", f"{key_path(where)}sampler",
                 "nsga2 (multi-objective) needs method: sampling")
-        require(self.time_budget_s is None or self.time_budget_s > 0, f"{where}.time_budget_s", "must be positive")
-        require(self.qat_lr > 0, f"{where}.qat_lr", "must be positive")
-        require(self.bops_warmup_epochs is None or self.bops_warmup_epochs >= 0, f"{where}.bops_warmup_epochs",
+        require(self.time_budget_s is None or self.time_budget_s > 0, f"{key_path(where)}time_budget_s", "must be positive")
+        require(self.qat_lr > 0, f"{key_path(where)}qat_lr", "must be positive")
+        require(self.bops_warmup_epochs is None or self.bops_warmup_epochs >= 0, f"{key_path(where)}bops_warmup_epochs",
                 "must not be negative")
-        require(self.bops_tolerance >= 0, f"{where}.bops_tolerance", "must not be negative")
+        require(self.bops_tolerance >= 0, f"{key_path(where)}bops_tolerance", "must not be negative")
         unknown = sorted(set(self.params) - set(SEARCH_PARAM_DEFAULTS))
-        require(not unknown, f"{where}.params", f"unknown parameter(s) {unknown}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
-        require(self.metric in TRIAL_METRICS, f"{where}.metric", f"{self.metric!r} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
+        require(not unknown, f"{key_path(where)}params", f"unknown parameter(s) {unknown}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
+        require(self.metric in TRIAL_METRICS, f"{key_path(where)}metric", f"{self.metric!r} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
 
         tuned = sorted(name for name, spec in self.resolved_params().items() if spec.value is None)
         # Sampling points name per-layer bits: checked against the search space in parse_job.
         for i, point in enumerate(self.initial_points if self.method == "differentiable" else []):
-            where_point = f"{where}.initial_points[{i}]"
+            where_point = f"{key_path(where)}initial_points[{i}]"
             require(sorted(point) == tuned, where_point, f"must give exactly the tuned parameters {tuned}, got {sorted(point)}")
             for name, value in point.items():
                 spec = self.params[name]
@@ -157,9 +157,9 @@ class ResourcesConfig:
     workers_per_trial: int = 1
 
     def validate(self, where: str) -> None:
-        require(self.cpus_per_trial > 0, f"{where}.cpus_per_trial", "must be positive")
-        require(self.gpus_per_trial >= 0, f"{where}.gpus_per_trial", "must not be negative")
-        require(self.workers_per_trial >= 1, f"{where}.workers_per_trial", "must be at least 1")
+        require(self.cpus_per_trial > 0, f"{key_path(where)}cpus_per_trial", "must be positive")
+        require(self.gpus_per_trial >= 0, f"{key_path(where)}gpus_per_trial", "must not be negative")
+        require(self.workers_per_trial >= 1, f"{key_path(where)}workers_per_trial", "must be at least 1")
 
 
 @dataclass
@@ -175,7 +175,7 @@ class Job:
     base_dir: str = field(default=".", init=False)
 
     def validate(self, where: str) -> None:
-        require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{where}.name",
+        require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{key_path(where)}name",
                 "must be letters, digits, '-' or '_'")
 
     @property
