@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -43,9 +42,12 @@ from gmpq_ray.search.trial import (
     POLICY_FILE,
     STATE_FILE,
     TrialContext,
-    _train_and_evaluate_epoch,
     build_supernet,
+    make_optimizers,
+    restore_trial_state,
     seed_everything,
+    train_and_evaluate_epoch,
+    trial_state,
 )
 
 # Share of a trial's CPUs kept by the Tune trial's own process, which only waits on the trainer.
@@ -111,19 +113,6 @@ class _ThroughDDP:
         return getattr(self.objective, name)
 
 
-def _make_optimizers(supernet: torch.nn.Module, config: dict[str, Any], epochs: int):
-    # As supernet_trial builds them: weights and clips, α apart.
-    alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
-    clips = [p for n, p in supernet.named_parameters() if n.endswith("act_quant.clip")]
-    weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a", "act_quant.clip"))]
-    weight_opt = torch.optim.SGD(
-        [{"params": weights, "weight_decay": config["weight_decay"]}, {"params": clips, "weight_decay": 0.0}],
-        lr=config["lr_weights"], momentum=0.9,
-    )
-    alpha_opt = torch.optim.SGD(alphas, lr=config["lr_alpha"], momentum=0.9)
-    return weight_opt, alpha_opt, torch.optim.lr_scheduler.CosineAnnealingLR(weight_opt, T_max=epochs)
-
-
 def _sum_over_workers(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
@@ -145,19 +134,12 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
     teacher, supernet = build_supernet(job, ray.get(loop_config["teacher_state"]), data, device)
     supernet.to(device)
-    weight_opt, alpha_opt, schedule = _make_optimizers(supernet, config, job.search.epochs)
+    weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-        supernet.load_state_dict(state["supernet"])
-        weight_opt.load_state_dict(state["weight_opt"])
-        alpha_opt.load_state_dict(state["alpha_opt"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
+        start_epoch = restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule)
     elif rank == 0:
         # DDP gives every worker rank 0's calibrated clips when it wraps the model.
         calibrate(supernet, train_loader, device)
@@ -172,7 +154,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_loader.sampler.set_epoch(epoch)
         error = None
         try:
-            metrics, policy = _train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader,
+            metrics, policy = train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader,
                                                         [weight_opt, alpha_opt], device, cost)
         except NonFiniteLossError as err:
             error = str(err)
@@ -190,11 +172,7 @@ def _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, r
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            torch.save(
-                {"supernet": supernet.state_dict(), "weight_opt": weight_opt.state_dict(), "alpha_opt": alpha_opt.state_dict(),
-                 "schedule": schedule.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch},
-                os.path.join(folder, STATE_FILE),
-            )
+            torch.save(trial_state(supernet, weight_opt, alpha_opt, schedule, epoch), os.path.join(folder, STATE_FILE))
             policy.save(os.path.join(folder, POLICY_FILE))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")

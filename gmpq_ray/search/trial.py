@@ -105,28 +105,13 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
     teacher, supernet = build_supernet(job, context.teacher_state, data, device)
     supernet.to(device)
 
-    alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
-    clips = [p for n, p in supernet.named_parameters() if n.endswith("act_quant.clip")]
-    weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a", "act_quant.clip"))]
-    weight_opt = torch.optim.SGD(
-        [{"params": weights, "weight_decay": config["weight_decay"]}, {"params": clips, "weight_decay": 0.0}],
-        lr=config["lr_weights"], momentum=0.9,
-    )
-    alpha_opt = torch.optim.SGD(alphas, lr=config["lr_alpha"], momentum=0.9)
+    weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs)
     epochs = job.search.epochs
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weight_opt, T_max=epochs)
 
     start_epoch = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-        supernet.load_state_dict(state["supernet"])
-        weight_opt.load_state_dict(state["weight_opt"])
-        alpha_opt.load_state_dict(state["alpha_opt"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
+        start_epoch = restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule)
     else:
         calibrate(supernet, train_loader, device)
 
@@ -137,7 +122,7 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
     )
     for epoch in range(start_epoch + 1, epochs + 1):
         try:
-            metrics, policy = _train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader,
+            metrics, policy = train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader,
                                                         [weight_opt, alpha_opt], device, cost)
         except NonFiniteLossError as err:
             # Retrying from the last checkpoint would diverge again: end the trial here, as
@@ -146,22 +131,50 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
             return
         schedule.step()
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(
-                {
-                    "supernet": supernet.state_dict(),
-                    "weight_opt": weight_opt.state_dict(),
-                    "alpha_opt": alpha_opt.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "epoch": epoch,
-                },
-                os.path.join(folder, STATE_FILE),
-            )
+            torch.save(trial_state(supernet, weight_opt, alpha_opt, schedule, epoch), os.path.join(folder, STATE_FILE))
             policy.save(os.path.join(folder, POLICY_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader, optimizers, device, cost):
+def make_optimizers(supernet: torch.nn.Module, config: dict[str, Any], epochs: int):
+    """SGD for the network weights and activation clips (no weight decay on clips), SGD for α
+    apart, and a cosine schedule of the weights' learning rate over ``epochs``."""
+    alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
+    clips = [p for n, p in supernet.named_parameters() if n.endswith("act_quant.clip")]
+    weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a", "act_quant.clip"))]
+    weight_opt = torch.optim.SGD(
+        [{"params": weights, "weight_decay": config["weight_decay"]}, {"params": clips, "weight_decay": 0.0}],
+        lr=config["lr_weights"], momentum=0.9,
+    )
+    alpha_opt = torch.optim.SGD(alphas, lr=config["lr_alpha"], momentum=0.9)
+    return weight_opt, alpha_opt, torch.optim.lr_scheduler.CosineAnnealingLR(weight_opt, T_max=epochs)
+
+
+def trial_state(supernet, weight_opt, alpha_opt, schedule, epoch: int) -> dict[str, Any]:
+    """What a trial checkpoint holds (``STATE_FILE``): network with α and clips, optimizers, schedule, RNG, epoch."""
+    return {
+        "supernet": supernet.state_dict(),
+        "weight_opt": weight_opt.state_dict(),
+        "alpha_opt": alpha_opt.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": torch.get_rng_state(),
+        "epoch": epoch,
+    }
+
+
+def restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule) -> int:
+    """Load a Tune or Train checkpoint written with :func:`trial_state`; returns its epoch."""
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+    supernet.load_state_dict(state["supernet"])
+    weight_opt.load_state_dict(state["weight_opt"])
+    alpha_opt.load_state_dict(state["alpha_opt"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    return state["epoch"]
+
+
+def train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader, optimizers, device, cost):
     """One search epoch and its evaluation; raises NonFiniteLossError on NaN or inf."""
     space = job.space
     train = run_epoch(supernet, train_loader, objective, optimizers, device, desc=f"search epoch {epoch}")
