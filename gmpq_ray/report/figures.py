@@ -13,6 +13,17 @@ import numpy as np  # noqa: E402
 from gmpq_ray.core.policy import Policy  # noqa: E402
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (temporary file, then rename) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_policy(policy: Policy, path: str | Path, title: str | None = None) -> Path:
     """Draw weight and activation bits per searched layer (two bars a layer) into a PNG.
 
@@ -39,10 +50,4 @@ def plot_policy(policy: Policy, path: str | Path, title: str | None = None) -> P
     ax.set_title(heading)
     ax.legend(loc="upper left", ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gmpq_ray.report.figures import save_figure  # noqa: E402
+
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The (BOPs, accuracy) points no other point beats on both: fewer BOPs and higher accuracy."""
@@ -45,10 +47,4 @@ def plot_pareto(table: pd.DataFrame, trials: dict[str, pd.DataFrame], bops_limit
     ax.set_title("accuracy against BOPs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gmpq_ray.core.policy import Policy  # noqa: E402
+from gmpq_ray.report.figures import save_figure  # noqa: E402
 
 FULL_PRECISION = "full precision"
 
@@ -65,10 +66,4 @@ def plot_transfer_bits(policies: Mapping[str, Policy], path: str | Path, title: 
     axes[0].set_title(title)
     axes[1].set_xticks(x, [f"{i + 1}" for i in range(len(names))])
     axes[1].set_xlabel("searched layer (network order)")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
