@@ -3,7 +3,8 @@
 Three measurements, one Ray session:
 
 1. **Per trial**: N trials of an empty function trainable (one report, no work), one at a time,
-   through ``tune.Tuner``: wall time per trial, against calling the same function in-process.
+   through ``tune.Tuner``: wall time per trial with actors reused between trials (as ``gmpq
+   search`` runs them) and with a new actor per trial, against calling the function in-process.
    This is Tune's actor start, scheduling, result handling and experiment-state saving.
 2. **Per report**: one trial reporting R times with no work in between against one reporting
    once; the difference over R - 1 is what one ``tune.report`` costs (metrics only, and with a
@@ -45,12 +46,13 @@ def empty_trial(config: dict) -> None:
             tune.report({"step": step})
 
 
-def tune_wall(folder: Path, name: str, trials: int, reports: int, checkpoint: bool = False) -> float:
-    """Wall seconds of ``trials`` empty trials, one at a time, each reporting ``reports`` times."""
+def tune_wall(folder: Path, name: str, trials: int, reports: int, checkpoint: bool = False, reuse_actors: bool = True) -> float:
+    """Wall seconds of ``trials`` empty trials, one at a time, each reporting ``reports`` times
+    (actors reused between trials, as ``gmpq search`` runs them, unless ``reuse_actors`` is False)."""
     tuner = tune.Tuner(
         tune.with_resources(empty_trial, {"cpu": 1}),
         param_space={"reports": reports, "checkpoint": checkpoint},
-        tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=1, reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=name, storage_path=str(folder), verbose=0),
     )
     start = time.perf_counter()
@@ -123,6 +125,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             per_trial = tune_wall(folder, "trials", args.trials, 1) / args.trials
+            per_fresh_trial = tune_wall(folder, "fresh-trials", args.trials, 1, reuse_actors=False) / args.trials
             direct = in_process_seconds(args.trials) / args.trials
             one = tune_wall(folder, "one-report", 1, 1)
             many = tune_wall(folder, "many-reports", 1, args.reports)
@@ -136,7 +139,8 @@ def main() -> None:
         ray.shutdown()
 
     print(f"Ray Tune overhead on {os.cpu_count()} CPUs (ray {ray.__version__}, torch {torch.__version__})")
-    print(f"  per trial: {per_trial:.2f} s of Tune per empty trial, one at a time ({args.trials} trials); "
+    print(f"  per trial: {per_trial:.2f} s of Tune per empty trial with actors reused (as gmpq search runs), "
+          f"{per_fresh_trial:.2f} s with a new actor each ({args.trials} trials, one at a time); "
           f"in-process the same work takes {direct * 1e6:.1f} us")
     print(f"  per report: {per_report * 1e3:.1f} ms with metrics only, {per_ckpt_report * 1e3:.1f} ms with a "
           f"checkpoint ({args.reports} reports against 1)")

@@ -48,3 +48,16 @@ def test_search_writes_policy_study_trials_and_figure(tmp_path, ray_local):
     assert (out / "teacher.pt").is_file() and (out / "tune").is_dir()
     assert any("best policy written to" in line for line in lines)
     assert json.loads((out / "best_policy.json").read_text())["model"] == "digits_cnn"
+
+
+def test_trials_cut_by_the_time_budget_are_marked_stopped(tmp_path, ray_local):
+    # One long trial, a budget that ends it after a few epochs: the search still yields the
+    # policy of its last checkpoint, and trials.csv says why the trial ended early.
+    job_path = write_job(tmp_path, search__num_trials=1, search__max_concurrent_trials=1, search__epochs=60,
+                         search__time_budget_s=20, search__pruner={"type": "none"}, search__bops_warmup_epochs=61)
+    lines: list[str] = []
+    result = run_search(job_path, tmp_path / "run", progress=False, log=lines.append)
+    [trial] = pd.read_csv(tmp_path / "run" / "trials.csv").itertuples()
+    assert (trial.status, trial.stop_reason) == ("STOPPED", "time_budget") and 1 <= trial.epochs < 60
+    assert result.best_policy.bops["searched_g"] <= 0.033
+    assert "1 stopped by the time budget" in lines[-1]
