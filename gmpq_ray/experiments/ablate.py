@@ -2,8 +2,9 @@
 
 For every architecture: the FP model on the large target data set (given weights, or trained
 there), its top-1; then for every small data set, a GMPQ search (:func:`run_search`, trials in
-parallel on Ray Tune) and the finetune of its winning policy on the target (:func:`finetune`,
-DDP on Ray Train). The run folder receives ``<architecture>/<data set>/{search,finetune}/``
+parallel on Ray Tune; the searches of all pairs at once, each driven by a Ray task) and the
+finetune of its winning policy on the target (:func:`finetune`, DDP on Ray Train, one after the
+other since each uses the whole cluster). The run folder receives ``<architecture>/<data set>/{search,finetune}/``
 (full run folders), ``<architecture>/fp_target.pt`` and ``fp_metrics.json``, and the tables
 ``transfer.csv`` and ``transfer.md`` and one ``bits_<architecture>.png`` an architecture.
 
@@ -66,12 +67,13 @@ def run_ablation(
     started_ray = start_ray(address)
     rows, policies = [], {}
     try:
+        searches = _search_all(job.pairs, out, resume, log)
         for arch in job.config.architectures:
             pairs = job.pairs_of(arch.label)
             fp_path = _fp_weights(job, arch, pairs[0].finetune, out / slug(arch.label), log)
             rows.append(_fp_row(arch, pairs[0], fp_path, out / slug(arch.label), log))
             for pair in pairs:
-                row, policy = _run_pair(pair, fp_path, out / pair.folder, address, resume, log)
+                row, policy = _finetune_pair(pair, searches[pair.folder], fp_path, out / pair.folder, address, resume, log)
                 rows.append(row)
                 if policy is not None:
                     policies.setdefault(arch.label, {})[pair.dataset] = policy
@@ -192,14 +194,31 @@ def _cost_model(job: FinetuneJob) -> CostModel:
     return CostModel.for_model(job.model, job.deployment_input_size(), num_classes, in_channels, job.cifar_stem)
 
 
-def _run_pair(pair: Pair, fp_path: Path, folder: Path, address, resume: bool, log) -> tuple[dict, Policy | None]:
+def _search_all(pairs: list[Pair], out: Path, resume: bool, log) -> dict[str, tuple[Policy | None, float | None, str]]:
+    """Every pair's search at once, each driven by its own Ray task (its trials share the cluster
+    through Ray's scheduler); returns, by pair folder, (policy, seconds, error)."""
+    for pair in pairs:
+        log(f"== {pair.architecture}: searching on {pair.dataset} ==")
+    # A search's driver only trains the teacher and waits on its trials; it reserves no CPU so
+    # that the cluster's CPUs go to the trials, which do reserve theirs.
+    search = ray.remote(num_cpus=0, max_retries=0)(_search)
+    futures = {pair.folder: search.remote(pair, out / pair.folder / "search", resume) for pair in pairs}
+    results = {}
+    for pair in pairs:
+        policy, seconds, error = ray.get(futures[pair.folder])
+        if error:
+            log(f"== {pair.architecture} on {pair.dataset}: no policy ({error}) ==")
+        results[pair.folder] = (policy, seconds, error)
+    return results
+
+
+def _finetune_pair(pair: Pair, search: tuple[Policy | None, float | None, str], fp_path: Path, folder: Path, address,
+                   resume: bool, log) -> tuple[dict, Policy | None]:
+    """The pair's row: its search's policy finetuned on the target (or the search's error)."""
     row = {"architecture": pair.architecture, "search_dataset": pair.dataset}
-    log(f"== {pair.architecture}: searching on {pair.dataset} ==")
-    try:
-        policy, search_seconds = _search(pair, folder / "search", resume, log)
-    except NoResultError as err:
-        log(f"== {pair.architecture} on {pair.dataset}: no policy ({err}) ==")
-        return {**row, "error": str(err).splitlines()[0]}, None
+    policy, search_seconds, error = search
+    if policy is None:
+        return {**row, "error": error}, None
     log(f"== {pair.architecture}: finetuning the {pair.dataset} policy on the target ==")
     result = _finetune(pair, policy, fp_path, folder / "finetune", address, resume, log)
     return {
@@ -211,14 +230,21 @@ def _run_pair(pair: Pair, fp_path: Path, folder: Path, address, resume: bool, lo
     }, policy
 
 
-def _search(pair: Pair, folder: Path, resume: bool, log) -> tuple[Policy, float | None]:
+def _search(pair: Pair, folder: Path, resume: bool) -> tuple[Policy | None, float | None, str]:
+    """One pair's search: (best policy, seconds, "") or (None, seconds, why no trial gave a policy)."""
+    def log(line: str) -> None:  # the lines of concurrent searches, told apart
+        print(f"[{pair.architecture} / {pair.dataset}] {line}")
+
     if resume and (folder / "best_policy.json").is_file():
-        return Policy.load(folder / "best_policy.json"), None
-    if resume and (folder / "job.yaml").is_file():
-        result = run_search(None, folder, resume=True, progress=False, log=log)
-    else:
-        result = run_search(pair.search, folder, overwrite=True, progress=False, log=log)
-    return result.best_policy, result.seconds
+        return Policy.load(folder / "best_policy.json"), None, ""
+    try:
+        if resume and (folder / "job.yaml").is_file():
+            result = run_search(None, folder, resume=True, progress=False, log=log)
+        else:
+            result = run_search(pair.search, folder, overwrite=True, progress=False, log=log)
+    except NoResultError as err:  # returned, not raised: a task's exception reaches the driver wrapped
+        return None, err.seconds, str(err).splitlines()[0]
+    return result.best_policy, result.seconds, ""
 
 
 def _finetune(pair: Pair, policy: Policy, fp_path: Path, folder: Path, address, resume: bool, log) -> dict:

@@ -19,10 +19,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def write_ablation_job(folder: Path, **changes) -> Path:
-    """The quickstart ablation, reduced: 1 small data set, 1 trial of 2 epochs, 1 finetune epoch."""
+    """The quickstart ablation, reduced: 2 small data sets, 1 trial of 2 epochs each, 1 finetune epoch."""
     job = yaml.safe_load((REPO / "jobs" / "dataset_transfer_quickstart.yaml").read_text())
     job["architectures"][0]["searchspace"] = str(REPO / "searchspaces" / "digits_cnn.yaml")
-    job["search_datasets"] = job["search_datasets"][2:]  # digits 30%
+    job["search_datasets"] = job["search_datasets"][1:]  # digits 5-9, digits 30%
     job["teacher"] = {"epochs": 1, "lr": 0.05}
     job["search"].update(epochs=2, num_trials=1, max_concurrent_trials=1, bops_warmup_epochs=3)
     job["target"].update(fp_epochs=1, finetune={"epochs": 1, "lr": 0.01, "distill": True, "workers": 1})
@@ -36,7 +36,7 @@ def write_ablation_job(folder: Path, **changes) -> Path:
 def test_reduced_quickstart_writes_the_table_and_figures(tmp_path, ray_local):
     out = tmp_path / "transfer"
     table = run_ablation(write_ablation_job(tmp_path), out, log=lambda _: None)
-    assert list(table.search_dataset) == [FULL_PRECISION, "digits 30%"]
+    assert list(table.search_dataset) == [FULL_PRECISION, "digits 5-9", "digits 30%"]
     assert (table.error == "").all() and table.top1.between(0, 1).all()
     saved = pd.read_csv(out / "transfer.csv", keep_default_na=False)
     assert list(saved.search_dataset) == list(table.search_dataset)
@@ -49,10 +49,22 @@ def test_reduced_quickstart_writes_the_table_and_figures(tmp_path, ray_local):
         assert row.bops_searched_g <= 0.033 + 1e-12
         assert (folder / "finetune" / "final_metrics.json").is_file() and (folder / "finetune" / "model.pt").is_file()
     markdown = (out / "transfer.md").read_text()
-    assert "| Architecture | Full-precision top-1 | BOPs (G) | digits 30% top-1 | BOPs (G) |" in markdown
+    assert "| Architecture | Full-precision top-1 | BOPs (G) | digits 5-9 top-1 | BOPs (G) | digits 30% top-1 | BOPs (G) |" in markdown
     assert markdown.count("| digits CNN |") == 1
     assert (out / "bits_digits_cnn.png").read_bytes()[:8] == PNG
     assert (out / "digits_cnn" / "fp_target.pt").is_file()
+    # The two searches ran at the same time: their trials' training windows overlap.
+    windows = [search_window(out / "digits_cnn" / name / "search") for name in ("digits_5-9", "digits_30")]
+    assert max(start for start, _ in windows) < min(end for _, end in windows), windows
+
+
+def search_window(folder: Path) -> tuple[float, float]:
+    """(start, end) wall-clock times of a search's trial reports, from Tune's result.json files."""
+    import json
+
+    results = [json.loads(line) for path in (folder / "tune").glob("*/result.json")
+               for line in path.read_text().splitlines() if line.strip()]
+    return min(r["timestamp"] - r["time_this_iter_s"] for r in results), max(r["timestamp"] for r in results)
 
 
 def test_markdown_table_matches_the_appendix_layout(tmp_path):
