@@ -36,6 +36,7 @@ def assert_refused(capsys, args, expected: str, out_dir=None) -> str:
         ({"search__epochs": 0}, "search.epochs"),
         ({"search__metric": "top7"}, "search.metric"),
         ({"search__sampler": "grid"}, "'grid' is not one of"),
+        ({"search__teacher_precision": "fp16"}, "search.teacher_precision: 'fp16' is not one of"),
         ({"search__params": {"lambda_x": {"value": 1.0}}}, "unknown parameter(s) ['lambda_x']"),
         ({"search__params": {"lambda_c": {"low": 2.0, "high": 1.0}}}, "low (2.0) must be below high (1.0)"),
         ({"resources__cpus_per_trial": 0}, "cpus_per_trial"),

@@ -35,6 +35,7 @@ from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.quantizers import ActivationQuantizer, mix_weights, quantize_weight
 from gmpq_ray.core.repair import repair_policy
 from gmpq_ray.core.searchspace import SearchSpace
+from gmpq_ray.core.teacher import fold_batch_norms, inference_teacher
 from gmpq_ray.core.training import NonFiniteLossError, evaluate, run_epoch, train_classifier
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
     "LayerBits", "MixedPrecisionConv2d", "NonFiniteLossError", "Policy", "QuantConv2d", "QuantLinear",
     "SearchSpace", "UserInputError", "apply_policy", "argmax_policy", "attribution_rank_consistency",
     "calibrate", "capacity_exponent", "class_activation_map", "create_model", "default_fixed_layers",
-    "evaluate", "evaluate_with_arc", "format_bops", "gradcam_map", "imitation_loss", "list_models",
+    "evaluate", "evaluate_with_arc", "fold_batch_norms", "format_bops", "gradcam_map", "imitation_loss", "inference_teacher", "list_models",
     "load_digits", "make_synthetic", "mix_weights", "module_macs", "pinned_policy", "quantize_weight",
     "register_model", "repair_policy", "run_epoch", "searched_layers", "spearman", "supernet_layers",
     "to_supernet", "train_classifier",

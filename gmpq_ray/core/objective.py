@@ -11,6 +11,7 @@ from torch import nn
 from gmpq_ray.core.attribution import FeatureTap, capacity_exponent, class_activation_map, gradcam_map, imitation_loss
 from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.convert import supernet_layers
+from gmpq_ray.core.teacher import TeacherPrecision, inference_teacher
 
 AttributionPath = Literal["closed_form", "autograd"]
 
@@ -20,7 +21,9 @@ class GMPQObjective:
 
     ``L = CE + lambda_attr * L_attr + lambda_c * E[BOPs] / bops_limit``: the complexity term is
     the expected searched-layer BOPs under softmax(α) relative to the budget, so ``lambda_c``
-    means the same on every architecture. The teacher runs once per step without autograd.
+    means the same on every architecture. The teacher runs once per step without autograd, as
+    a frozen copy with folded batch norms, in bf16 where the hardware runs it natively
+    (:func:`~gmpq_ray.core.teacher.inference_teacher`).
 
     Args:
         student: the supernet (after :func:`~gmpq_ray.core.convert.to_supernet`).
@@ -30,6 +33,8 @@ class GMPQObjective:
         bops_limit: the searched-layer BOPs budget.
         attribution: ``"closed_form"`` (class activation map) or ``"autograd"`` (Grad-CAM with a
             second backward pass, as the reference code).
+        teacher_precision: ``"auto"`` (bf16 where native), ``"fp32"`` or ``"bf16"``: the
+            precision of the teacher's forward pass only.
 
     Example::
 
@@ -48,12 +53,13 @@ class GMPQObjective:
         lambda_c: float,
         kappa: float = 24.0,
         attribution: AttributionPath = "closed_form",
+        teacher_precision: TeacherPrecision = "auto",
     ) -> None:
         if attribution not in ("closed_form", "autograd"):
             raise ValueError(f"attribution must be 'closed_form' or 'autograd', got {attribution!r}")
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = inference_teacher(teacher, teacher_precision)
         self.student_tap = FeatureTap(student, model_name)
-        self.teacher_tap = FeatureTap(teacher, model_name, leaf=attribution == "autograd")
+        self.teacher_tap = FeatureTap(self.teacher, model_name, leaf=attribution == "autograd")
         self.layers = list(supernet_layers(student).items())
         self.macs = [float(cost.macs[name]) for name, _ in self.layers]
         self.bops_limit = float(bops_limit)
@@ -65,12 +71,14 @@ class GMPQObjective:
         if self.attribution == "closed_form":
             with torch.no_grad():
                 self.teacher(images)
-                return class_activation_map(self.teacher_tap.features, self.teacher_tap.classifier_weight(), labels)
+                # The map in fp32 whatever the teacher's dtype: it is small, and its power p sharpens errors.
+                features, weight = self.teacher_tap.features.float(), self.teacher_tap.classifier_weight().float()
+                return class_activation_map(features, weight, labels)
         # The tap hands the head a leaf copy of the features: the teacher's backbone builds
         # no graph, only its head does.
         with torch.enable_grad():
             logits = self.teacher(images)
-            return gradcam_map(self.teacher_tap.features, logits, labels, create_graph=False).detach()
+            return gradcam_map(self.teacher_tap.features, logits, labels, create_graph=False).detach().float()
 
     def expected_bops(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         bits = [layer.expected_bits() for _, layer in self.layers]

@@ -212,6 +212,8 @@ def test_pinned_policy_honours_or_refuses_the_policys_fixed_bits(digits_fp, batc
 
 
 def objective_step(supernet, teacher, images, labels, attribution, **kwargs):
+    # An fp32 teacher: the two paths are the same math, and bf16 rounding would differ between them.
+    kwargs.setdefault("teacher_precision", "fp32")
     objective = GMPQObjective(supernet, teacher, "digits_cnn", DIGITS_COST, 33e6, lambda_attr=40.0, lambda_c=0.5,
                               attribution=attribution, **kwargs)
     supernet.train()
