@@ -30,9 +30,9 @@ same tensor), and because a mixture of them keeps one copy of the input per cand
   fuse the elementwise ops of a branch, and cache blocking recovers most of what fusion would.
   Elsewhere (CUDA, other dtypes, double backward) whole-tensor ops are used, and nothing reads
   a device tensor back to the host.
-* Opt-in (:func:`use_compiled_kernels`, or ``GMPQ_COMPILE_QUANTIZERS=1``): the same math as
-  ``torch.compile``d kernels, one fused loop per pass; faster still, at the price of compiling
-  on the first step.
+* Compiled (:func:`use_compiled_kernels`, ``GMPQ_COMPILE_QUANTIZERS=1``, or a search's
+  ``quantizer_kernels``): the same math as ``torch.compile``d kernels, one fused loop per pass;
+  faster still, at the price of compiling on the first step of a process.
 """
 
 from __future__ import annotations
@@ -193,9 +193,12 @@ class _MixedWeightQuant(torch.autograd.Function):
     def forward(ctx, weight, probs, bits: tuple[int, ...]):
         w = weight.detach()
         quantized = tuple(b for b in bits if b < FULL_PRECISION)
+        out = None
         if _compiled_applies(bits, w):
             scales = _weight_scales(w, quantized)
-            out = _kernel("weight_forward")(w.reshape(w.shape[0], -1), scales, probs, bits).view(w.shape)
+            out = _run_compiled("weight_forward", w.reshape(w.shape[0], -1), scales, probs, bits)
+        if out is not None:
+            out = out.view(w.shape)
         elif _blocked_cpu(w):
             out, scales = _weight_forward_blocked(w, probs, bits, quantized)
         else:
@@ -209,11 +212,15 @@ class _MixedWeightQuant(torch.autograd.Function):
     def backward(ctx, grad_out):
         weight, probs, scales = ctx.saved_tensors
         need_weight, need_probs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grads = None
         if _compiled_applies(ctx.bits, weight, grad_out):
             w = weight.detach()
-            grad_weight, grad_probs = _kernel("weight_backward")(
-                w.reshape(w.shape[0], -1), grad_out.reshape(w.shape[0], -1), scales, probs, ctx.bits, need_weight, need_probs
+            grads = _run_compiled(
+                "weight_backward",
+                w.reshape(w.shape[0], -1), grad_out.reshape(w.shape[0], -1), scales, probs, ctx.bits, need_weight, need_probs,
             )
+        if grads is not None:
+            grad_weight, grad_probs = grads
             if grad_weight is not None:
                 grad_weight = grad_weight.view(w.shape)
             if grad_probs is not None:
@@ -429,12 +436,14 @@ class _MixedActivationQuant(torch.autograd.Function):
     def forward(ctx, x, clip, probs, levels: tuple[int, ...], signed: bool, grad_scale: float):
         effective, scales = _activation_scales(clip, levels)
         coefficients = scales if probs is None else scales * probs.float()
+        out = None
         if _compiled_applies(None, x):
             x_value = _dense(x.detach())
-            out = _unflat(_kernel("activation_forward")(_flat(x_value), scales, coefficients, levels, signed), x_value)
-        elif _blocked_cpu(x):
+            flat_out = _run_compiled("activation_forward", _flat(x_value), scales, coefficients, levels, signed)
+            out = None if flat_out is None else _unflat(flat_out, x_value)
+        if out is None and _blocked_cpu(x):
             out = _activation_forward_blocked(_dense(x.detach()), float(effective), scales, coefficients, signed)
-        else:
+        elif out is None:
             out = _activation_forward_whole(x.detach(), scales, coefficients, levels, signed)
         ctx.levels, ctx.signed, ctx.grad_scale = levels, signed, grad_scale
         ctx.save_for_backward(x, clip, probs)
@@ -447,14 +456,16 @@ class _MixedActivationQuant(torch.autograd.Function):
         need_x, need_clip, need_probs = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         effective, scales = _activation_scales(clip, levels)
         x_value = x.detach()
+        grads = None
         if _compiled_applies(None, x_value, grad_out):
-            x_value = _dense(x_value)
-            grad_out = _like(grad_out, x_value)
-            flat_grad_x, dots, x_dot = _kernel("activation_backward")(
-                _flat(x_value), _flat(grad_out), effective, scales, levels, signed,
+            dense = _dense(x_value)
+            grads = _run_compiled(
+                "activation_backward", _flat(dense), _flat(_like(grad_out, dense)), effective, scales, levels, signed,
                 need_mask=need_x or need_clip, need_dots=need_probs or need_clip,
             )
-            grad_x = None if flat_grad_x is None else _unflat(flat_grad_x, x_value)
+        if grads is not None:
+            flat_grad_x, dots, x_dot = grads
+            grad_x = None if flat_grad_x is None else _unflat(flat_grad_x, dense)
         elif _blocked_cpu(x_value, grad_out):
             grad_x, dots, x_dot = _activation_backward_blocked(
                 _dense(x_value), grad_out, float(effective), scales, signed,
@@ -585,13 +596,13 @@ def _activation_backward_blocked(x, grad_out, clip, scales, signed, need_mask, n
     )
 
 
-# --- optional compiled kernels ---------------------------------------------------------------
+# --- compiled kernels ---------------------------------------------------------------------------
 #
 # torch.compile fuses each quantizer's elementwise work into one or two loops over the tensor
 # (about 3x faster than the blocked eager kernels on CPU, and far fewer launches on CUDA). It is
-# opt-in: the first call of every kernel compiles it (tens of seconds on CPU, with a C++
-# compiler), which is worth it for a search that runs for hours but not for tests or a short
-# script. The kernels see flat activations and (C, J) weight matrices with dynamic shapes, so
+# not the default of the library: the first call of every kernel compiles it (tens of seconds on
+# CPU, with a C++ compiler), which is worth it for a search that runs for hours but not for
+# tests or a short script; a search turns it on by itself when its trials are long enough. The kernels see flat activations and (C, J) weight matrices with dynamic shapes, so
 # they compile once per candidate set, not once per layer.
 
 
@@ -651,24 +662,61 @@ _KERNELS = {
     "weight_forward": _weight_forward_kernel,
     "weight_backward": _weight_backward_kernel,
 }
-_compiled: dict[str, object] = {}
+_compiled: dict[str, object] = {}  # the kernels in use: empty while the eager ones run
+_compiled_once: dict[str, object] = {}  # made once per process, so toggling keeps what compiled
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
-    """Run the quantizers' elementwise work through ``torch.compile``d kernels (opt-in).
+    """Run the quantizers' elementwise work through ``torch.compile``d kernels, or not.
 
     Also enabled by the environment variable ``GMPQ_COMPILE_QUANTIZERS=1`` (read at import,
-    so that Ray workers inherit it). Values and gradients are those of the eager kernels; the
-    first step of a run pays the compilation. Double backward (``create_graph``) stays eager.
+    so that Ray workers inherit it); search trials choose with ``search.quantizer_kernels``.
+    Values and gradients are those of the eager kernels; the first step of a process pays the
+    compilation (about 20 s for ResNet18 on 2 CPU cores, 5 s from inductor's disk cache).
+    Double backward (``create_graph``) stays eager. If compiling fails (no C++ compiler, no
+    Triton), a warning says so and the eager kernels take over.
     """
     _compiled.clear()
     if enabled:
-        import torch._dynamo
+        if not _compiled_once:
+            import torch._dynamo
 
-        # The kernels take detached tensors, but a caller compiling around them with parameters
-        # would otherwise recompile for every layer's shape (see DESIGN.md).
-        torch._dynamo.config.force_parameter_static_shapes = False
-        _compiled.update({name: torch.compile(kernel, dynamic=True) for name, kernel in _KERNELS.items()})
+            # The kernels take detached tensors, but a caller compiling around them with
+            # parameters would otherwise recompile for every layer's shape (see DESIGN.md).
+            torch._dynamo.config.force_parameter_static_shapes = False
+            _compiled_once.update({name: torch.compile(kernel, dynamic=True) for name, kernel in _KERNELS.items()})
+        _compiled.update(_compiled_once)
+
+
+def compiled_kernels_enabled() -> bool:
+    """Whether the quantizers currently run the ``torch.compile``d kernels."""
+    return bool(_compiled)
+
+
+def compiler_available(device: torch.device | str = "cpu") -> bool:
+    """Whether ``torch.compile`` has what it needs to build kernels for ``device``: a C++
+    compiler for CPUs, Triton for CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        import importlib.util
+
+        return importlib.util.find_spec("triton") is not None
+    import shutil
+
+    return any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++"))
+
+
+def _run_compiled(name: str, *args, **kwargs):
+    """The compiled kernel's result, or None (and the eager kernels from now on) if it fails."""
+    try:
+        return _compiled[name](*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - a missing toolchain shows up as any backend error
+        import warnings
+
+        warnings.warn(f"compiled quantizer kernels failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                      "using the eager kernels", RuntimeWarning, stacklevel=2)
+        _compiled.clear()
+        return None
 
 
 def _compiled_applies(bits: tuple[int, ...] | None, *tensors: torch.Tensor) -> bool:
@@ -679,10 +727,6 @@ def _compiled_applies(bits: tuple[int, ...] | None, *tensors: torch.Tensor) -> b
         and (bits is None or all(b < FULL_PRECISION for b in bits))
         and all(t.dtype in (torch.float32, torch.float16, torch.bfloat16) for t in tensors)
     )
-
-
-def _kernel(name: str):
-    return _compiled[name]
 
 
 if os.environ.get("GMPQ_COMPILE_QUANTIZERS", "").strip().lower() in ("1", "true", "yes", "on"):

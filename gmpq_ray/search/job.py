@@ -107,6 +107,8 @@ class SearchConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     seed: int = 0
     attribution: Literal["closed_form", "autograd"] = "closed_form"
+    teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    quantizer_kernels: Literal["auto", "compiled", "eager"] = "auto"
     fill_budget: bool = True
     max_failures: int = 2
     params: dict[str, ParamSpec] = field(default_factory=dict)

@@ -11,6 +11,7 @@ differentiable trial, with a checkpoint to resume from.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import zlib
@@ -26,7 +27,14 @@ from gmpq_ray.core.qat import QATConfig, QATRun
 from gmpq_ray.core.repair import repair_policy
 from gmpq_ray.core.training import NonFiniteLossError
 from gmpq_ray.search.metrics import TRIAL_METRICS
-from gmpq_ray.search.trial import POLICY_FILE, STATE_FILE, TrialContext, seed_everything, trial_device
+from gmpq_ray.search.trial import (
+    POLICY_FILE,
+    STATE_FILE,
+    TrialContext,
+    choose_quantizer_kernels,
+    seed_everything,
+    trial_device,
+)
 
 
 class SamplingSpace:
@@ -97,6 +105,7 @@ def sampling_trial(config: dict[str, Any], context: TrialContext) -> None:
     teacher.load_state_dict(context.teacher_state)
     teacher.requires_grad_(False)
     qat = QATConfig(epochs=job.search.epochs, lr=job.search.qat_lr, batch_size=job.data.batch_size)
+    choose_quantizer_kernels(job, job.search.epochs * math.ceil(len(data.train) / job.data.batch_size), device)
     run = QATRun(teacher, space.model, policy, data, qat, seed % 2**31, device, space.fixed)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

@@ -43,6 +43,7 @@ from gmpq_ray.search.trial import (
     STATE_FILE,
     TrialContext,
     build_supernet,
+    choose_quantizer_kernels,
     make_optimizers,
     restore_trial_state,
     seed_everything,
@@ -135,6 +136,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     teacher, supernet = build_supernet(job, ray.get(loop_config["teacher_state"]), data, device)
     supernet.to(device)
     weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs)
+    choose_quantizer_kernels(job, job.search.epochs * len(train_loader), device)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -147,7 +149,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cost = space.cost_model()
     objective = _ThroughDDP(GMPQObjective(
         supernet, teacher, space.model, cost, space.bops_limit,
-        config["lambda_attr"], config["lambda_c"], config["kappa"], job.search.attribution,
+        config["lambda_attr"], config["lambda_c"], config["kappa"], job.search.attribution, job.search.teacher_precision,
     ), ddp_model)
 
     for epoch in range(start_epoch + 1, job.search.epochs + 1):

@@ -370,3 +370,31 @@ def test_compiled_kernels_match_the_eager_ones(monkeypatch):
     assert torch.equal(compiled[7], eager[7]) and torch.equal(compiled[8], eager[8])  # one bitwidth: exact
     for first, second in zip(eager, compiled):
         assert torch.allclose(first, second, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_compiled_kernel_falls_back_to_the_eager_ones(monkeypatch):
+    """No C++ compiler or Triton: one warning, then the eager kernels' values and gradients."""
+    x = activations(False, seed=20, shape=(2, 4, 5, 5))
+    w = weights(21, (6, 4, 3, 3))
+    tops = levels_of((2, 3), False)
+
+    def step():
+        x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+        clip = torch.tensor(1.3, requires_grad=True)
+        p = torch.tensor([0.3, 0.7], requires_grad=True)
+        out = _MixedActivationQuant.apply(x1, clip, p, tops, False, 0.5).sum() + mix_weights(w1, (2, 3), p).pow(2).sum()
+        out.backward()
+        return [out.detach(), x1.grad, clip.grad, p.grad, w1.grad]
+
+    eager = step()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no working C++ compiler")
+
+    monkeypatch.setattr(quantizers, "_compiled", dict.fromkeys(quantizers._KERNELS, broken))
+    assert quantizers.compiled_kernels_enabled()
+    with pytest.warns(RuntimeWarning, match="compiled quantizer kernels failed .*no working C\\+\\+ compiler"):
+        fallback = step()
+    assert not quantizers.compiled_kernels_enabled()
+    for first, second in zip(eager, fallback):
+        assert torch.equal(first, second)

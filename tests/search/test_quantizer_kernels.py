@@ -1,0 +1,56 @@
+"""Which quantizer kernels a search trial runs: ``search.quantizer_kernels`` and its ``auto`` rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gmpq_ray.core import quantizers
+from gmpq_ray.search.job import load_job
+from gmpq_ray.search.trial import AUTO_COMPILE_MIN_STEPS, choose_quantizer_kernels
+from tests.conftest import write_job
+
+
+@pytest.fixture(autouse=True)
+def eager_afterwards(monkeypatch):
+    monkeypatch.delenv("GMPQ_COMPILE_QUANTIZERS", raising=False)
+    yield
+    quantizers.use_compiled_kernels(False)
+
+
+def job_with(tmp_path, kernels):
+    return load_job(write_job(tmp_path, search__quantizer_kernels=kernels))
+
+
+@pytest.mark.parametrize(("kernels", "steps", "expected"), [
+    ("eager", 10 * AUTO_COMPILE_MIN_STEPS, False),
+    ("compiled", 1, True),
+    ("auto", AUTO_COMPILE_MIN_STEPS - 1, False),
+])
+def test_the_job_chooses(tmp_path, kernels, steps, expected):
+    assert choose_quantizer_kernels(job_with(tmp_path, kernels), steps, torch.device("cpu")) is expected
+    assert quantizers.compiled_kernels_enabled() is expected
+
+
+def test_auto_compiles_long_trials_where_a_compiler_is(tmp_path, monkeypatch):
+    job = job_with(tmp_path, "auto")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
+    assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_STEPS, cpu) is True
+    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: False)
+    assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_STEPS, cpu) is False
+    short = load_job(write_job(tmp_path, search__quantizer_kernels="auto", search__time_budget_s=60))
+    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
+    assert choose_quantizer_kernels(short, 10 * AUTO_COMPILE_MIN_STEPS, cpu) is False  # no time to compile
+    monkeypatch.setenv("GMPQ_COMPILE_QUANTIZERS", "1")  # the environment overrides auto, both ways
+    assert choose_quantizer_kernels(job, 1, cpu) is True
+    monkeypatch.setenv("GMPQ_COMPILE_QUANTIZERS", "0")
+    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
+    assert choose_quantizer_kernels(job, 10 * AUTO_COMPILE_MIN_STEPS, cpu) is False
+
+
+def test_bad_choice_is_refused(tmp_path):
+    from gmpq_ray.core.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="search.quantizer_kernels: 'fast' is not one of"):
+        job_with(tmp_path, "fast")
