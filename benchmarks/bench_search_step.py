@@ -6,15 +6,19 @@ On the same network and batch, in one process, it times (median over interleaved
   (b) a supernet step with cross-entropy and the complexity loss only;
   (c) the full GMPQ step: teacher forward, closed-form attribution imitation, complexity;
   (d) the same with the autograd (Grad-CAM, second backward) attribution path;
+  (e) step (c) with the teacher forced to fp32, to show what the bf16 teacher saves where the
+      hardware runs bf16 natively (the student trains in fp32 in every variant);
 
-and prints the ratios b/a, c/a, c/b, d/c and the memory of each step: on CPU the bytes of
+and prints the ratios b/a, c/a, c/b, d/c, e/a and the memory of each step: on CPU the bytes of
 the tensors autograd keeps for the backward pass (plus weights, grads and optimizer state),
 on CUDA the peak allocated memory. Example:
 
     python benchmarks/bench_search_step.py --model resnet18 --cifar-stem --batch-size 32 --bits 2 3 4 6
 
-``--compile-quantizers`` times the opt-in ``torch.compile``d quantizer kernels (see
-``gmpq_ray.core.quantizers.use_compiled_kernels``); they compile during the warmup steps.
+``--kernels eager compiled`` (the default where ``torch.compile`` has a toolchain) times (b) to
+(e) once with the eager quantizer kernels and once with the ``torch.compile``d ones (see
+``gmpq_ray.core.quantizers.use_compiled_kernels``, and ``search.quantizer_kernels`` of a job),
+in the same run; they compile during the warmup steps.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import torch.nn.functional as F
 
 from gmpq_ray.core import CostModel, GMPQObjective, calibrate, create_model, make_synthetic, to_supernet
 from gmpq_ray.core.policy import LayerBits
-from gmpq_ray.core.quantizers import use_compiled_kernels
+from gmpq_ray.core.quantizers import compiler_available, use_compiled_kernels
+from gmpq_ray.core.teacher import teacher_dtype
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,23 +53,27 @@ def parse_args() -> argparse.Namespace:
                         help="bf16 autocast for every variant (default: on for CUDA)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels_last memory format (default: on for CUDA)")
-    parser.add_argument("--variants", default="abcd", help="which of a, b, c, d to run")
-    parser.add_argument("--compile-quantizers", action="store_true",
-                        help="torch.compile the quantizer kernels (compiled during the warmup steps)")
+    parser.add_argument("--variants", default="abcde", help="which of a, b, c, d, e to run")
+    parser.add_argument("--teacher-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="the teacher's forward pass in (c) and (d); auto: bf16 where native")
+    parser.add_argument("--kernels", nargs="+", choices=["eager", "compiled"], default=None,
+                        help="quantizer kernels to time (b) to (e) with (default: both where torch.compile works, else eager)")
     return parser.parse_args()
 
 
 class Variant:
     """One kind of training step on its own copy of the network."""
 
-    def __init__(self, name, model, loss_fn, device, autocast):
-        self.name, self.model, self.loss_fn = name, model, loss_fn
+    def __init__(self, name, model, loss_fn, device, autocast, kernels=None):
+        self.name, self.model, self.loss_fn, self.kernels = name, model, loss_fn, kernels
         self.device, self.autocast = device, autocast
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         self.times: list[float] = []
         self.memory_bytes = 0
 
     def step(self, images, labels):
+        if self.kernels is not None:
+            use_compiled_kernels(self.kernels == "compiled")
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss, _ = self.loss_fn(self.model, images, labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -116,8 +125,7 @@ def main() -> None:
                           ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compile_quantizers:
-        use_compiled_kernels()
+    kernels = args.kernels or (["eager", "compiled"] if compiler_available(device) else ["eager"])
     autocast = device.type == "cuda" if args.bf16 is None else args.bf16
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
     torch.manual_seed(0)
@@ -150,14 +158,18 @@ def main() -> None:
     variants = []
     if "a" in args.variants:
         variants.append(Variant("a FP step", copy.deepcopy(teacher), fp_loss, device, autocast))
-    if "b" in args.variants:
-        variants.append(Variant("b supernet CE+complexity", supernet(), ce_complexity, device, autocast))
-    for key, path in (("c", "closed_form"), ("d", "autograd")):
-        if key in args.variants:
-            net = supernet()
-            objective = GMPQObjective(net, teacher, args.model, cost, limit, 40.0, 1.0, attribution=path)
-            label = "c GMPQ step (closed form)" if key == "c" else "d GMPQ step (autograd attribution)"
-            variants.append(Variant(label, net, objective, device, autocast))
+    labels_of = {"b": "b supernet CE+complexity", "c": "c GMPQ step (closed form)",
+                 "d": "d GMPQ step (autograd attribution)", "e": "e GMPQ step, fp32 teacher"}
+    for mode in kernels:
+        if "b" in args.variants:
+            variants.append(Variant(labels_of["b"], supernet(), ce_complexity, device, autocast, mode))
+        for key, path, precision in (("c", "closed_form", args.teacher_precision),
+                                     ("d", "autograd", args.teacher_precision), ("e", "closed_form", "fp32")):
+            if key in args.variants:
+                net = supernet()
+                objective = GMPQObjective(net, teacher, args.model, cost, limit, 40.0, 1.0, attribution=path,
+                                          teacher_precision=precision)
+                variants.append(Variant(labels_of[key], net, objective, device, autocast, mode))
 
     for variant in variants:
         variant.memory_bytes = (cuda_peak_bytes if device.type == "cuda" else saved_tensor_bytes)(variant, images, labels)
@@ -171,22 +183,25 @@ def main() -> None:
     print(f"{args.model}{' (CIFAR stem)' if args.cifar_stem else ''}, batch {args.batch_size}, "
           f"{args.image_size}x{args.image_size}, bits {args.bits}, {name}, torch {torch.__version__}, "
           f"bf16 autocast {'on' if autocast else 'off'}, channels_last {'on' if channels_last else 'off'}, "
-          f"quantizer kernels {'compiled' if args.compile_quantizers else 'eager'}")
+          f"quantizer kernels {' and '.join(kernels)}, "
+          f"teacher in {str(teacher_dtype(args.teacher_precision, device)).removeprefix('torch.')}")
     memory_label = "peak GPU memory" if device.type == "cuda" else "step memory (saved for backward + weights, grads, momentum)"
     medians = {}
     for variant in variants:
         median = statistics.median(variant.times)
-        medians[variant.name[0]] = (median, variant.memory_bytes)
-        print(f"  {variant.name:38s} {median * 1e3:9.1f} ms  {args.batch_size / median:9.0f} img/s  "
+        medians[(variant.name[0], variant.kernels)] = (median, variant.memory_bytes)
+        name = variant.name + (f" [{variant.kernels}]" if variant.kernels else "")
+        print(f"  {name:49s} {median * 1e3:9.1f} ms  {args.batch_size / median:9.0f} img/s  "
               f"{variant.memory_bytes / 2**20:9.1f} MiB {memory_label}")
-    print("ratios (time; memory):")
-    for top, bottom in (("b", "a"), ("c", "a"), ("c", "b"), ("d", "c")):
-        if top in medians and bottom in medians:
-            (t1, m1), (t0, m0) = medians[top], medians[bottom]
-            print(f"  {top}/{bottom}: {t1 / t0:5.2f}x time, {m1 / m0:5.2f}x memory")
-    if "c" in medians:
-        epoch = 50_000 / (args.batch_size / medians["c"][0])
-        print(f"one 50,000-image search epoch at this speed: {epoch:.0f} s")
+    for mode in kernels:
+        print(f"ratios with {mode} quantizer kernels (time; memory):")
+        for top, bottom in (("b", "a"), ("c", "a"), ("c", "b"), ("d", "c"), ("e", "a")):
+            first, second = medians.get((top, mode)), medians.get((bottom, None if bottom == "a" else mode))
+            if first and second:
+                print(f"  {top}/{bottom}: {first[0] / second[0]:5.2f}x time, {first[1] / second[1]:5.2f}x memory")
+        if ("c", mode) in medians:
+            epoch = 50_000 / (args.batch_size / medians[("c", mode)][0])
+            print(f"  one 50,000-image search epoch at the speed of (c): {epoch:.0f} s")
 
 
 if __name__ == "__main__":
