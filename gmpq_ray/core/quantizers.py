@@ -602,8 +602,9 @@ def _activation_backward_blocked(x, grad_out, clip, scales, signed, need_mask, n
 # (about 3x faster than the blocked eager kernels on CPU, and far fewer launches on CUDA). It is
 # not the default of the library: the first call of every kernel compiles it (tens of seconds on
 # CPU, with a C++ compiler), which is worth it for a search that runs for hours but not for
-# tests or a short script; a search turns it on by itself when its trials are long enough. The kernels see flat activations and (C, J) weight matrices with dynamic shapes, so
-# they compile once per candidate set, not once per layer.
+# tests or a short script; a search turns it on by itself when its trials are long enough. The
+# kernels see flat activations and (C, J) weight matrices with dynamic shapes, so they compile
+# once per candidate set, not once per layer.
 
 
 def _activation_forward_kernel(x, scales, coefficients, levels: tuple[int, ...], signed: bool):
@@ -729,7 +730,13 @@ def _compiled_applies(bits: tuple[int, ...] | None, *tensors: torch.Tensor) -> b
     )
 
 
-if os.environ.get("GMPQ_COMPILE_QUANTIZERS", "").strip().lower() in ("1", "true", "yes", "on"):
+def compile_requested_by_environment() -> bool | None:
+    """``GMPQ_COMPILE_QUANTIZERS`` read as a switch: True, False, or None where it is not set."""
+    value = os.environ.get("GMPQ_COMPILE_QUANTIZERS", "").strip().lower()
+    return None if not value else value in ("1", "true", "yes", "on")
+
+
+if compile_requested_by_environment():
     use_compiled_kernels()
 
 

@@ -30,7 +30,7 @@ from gmpq_ray.core.evaluation import evaluate_with_arc
 from gmpq_ray.core.models import create_model
 from gmpq_ray.core.objective import GMPQObjective
 from gmpq_ray.core.policy import Policy
-from gmpq_ray.core.quantizers import compiler_available, use_compiled_kernels
+from gmpq_ray.core.quantizers import compile_requested_by_environment, compiler_available, use_compiled_kernels
 from gmpq_ray.core.repair import repair_policy
 from gmpq_ray.core.training import NonFiniteLossError, run_epoch
 from gmpq_ray.search.job import Job
@@ -76,10 +76,8 @@ def choose_quantizer_kernels(job: Job, steps: int, device: torch.device) -> bool
     """
     choice = job.search.quantizer_kernels
     if choice == "auto":
-        forced = os.environ.get("GMPQ_COMPILE_QUANTIZERS", "").strip().lower()
-        if forced:
-            compiled = forced in ("1", "true", "yes", "on")
-        else:
+        compiled = compile_requested_by_environment()
+        if compiled is None:
             budget = job.search.time_budget_s
             compiled = (steps >= AUTO_COMPILE_MIN_STEPS and (budget is None or budget >= AUTO_COMPILE_MIN_BUDGET_S)
                         and compiler_available(device))
