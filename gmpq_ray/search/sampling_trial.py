@@ -11,7 +11,6 @@ differentiable trial, with a checkpoint to resume from.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import zlib
@@ -33,6 +32,7 @@ from gmpq_ray.search.trial import (
     TrialContext,
     choose_quantizer_kernels,
     seed_everything,
+    training_pixels,
     trial_device,
 )
 
@@ -105,7 +105,7 @@ def sampling_trial(config: dict[str, Any], context: TrialContext) -> None:
     teacher.load_state_dict(context.teacher_state)
     teacher.requires_grad_(False)
     qat = QATConfig(epochs=job.search.epochs, lr=job.search.qat_lr, batch_size=job.data.batch_size)
-    choose_quantizer_kernels(job, job.search.epochs * math.ceil(len(data.train) / job.data.batch_size), device)
+    choose_quantizer_kernels(job, training_pixels(len(data.train), job.search.epochs, data.image_size), device)
     run = QATRun(teacher, space.model, policy, data, qat, seed % 2**31, device, space.fixed)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

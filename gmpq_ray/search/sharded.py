@@ -48,6 +48,7 @@ from gmpq_ray.search.trial import (
     restore_trial_state,
     seed_everything,
     train_and_evaluate_epoch,
+    training_pixels,
     trial_state,
 )
 
@@ -136,7 +137,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     teacher, supernet = build_supernet(job, ray.get(loop_config["teacher_state"]), data, device)
     supernet.to(device)
     weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs)
-    choose_quantizer_kernels(job, job.search.epochs * len(train_loader), device)
+    choose_quantizer_kernels(job, training_pixels(len(train_loader.sampler), job.search.epochs, data.image_size), device)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()

@@ -39,11 +39,14 @@ from gmpq_ray.search.metrics import TRIAL_METRICS
 STATE_FILE = "trial_state.pt"
 POLICY_FILE = "policy.json"
 
-# ``quantizer_kernels: auto`` compiles the quantizer kernels for trials of at least this many
-# training steps: compiling costs 5 to 20 s per worker process on CPU, and saves about 40 % of
-# a ResNet18-CIFAR GMPQ step (see README, Performance), so it pays off after a few hundred
-# steps of a real network; the digits quick starts (a few hundred short steps) stay eager.
-AUTO_COMPILE_MIN_STEPS = 1000
+# ``quantizer_kernels: auto`` compiles the quantizer kernels for a worker that trains on at
+# least this many input pixels (images x epochs x height x width): the quantizers' work grows
+# with the activations, hence with the pixels. Compiling costs 5 to 20 s per worker process on
+# a 2-core CPU and saves about 0.25 s per ResNet18-CIFAR step of 32 images (1 M pixels, see
+# README, Performance), so it pays off after a few M pixels of a real network; the threshold
+# leaves room for small networks. A 25-epoch CIFAR-10 search trains on 1.3 G pixels, a 25-epoch
+# Flowers-102 search at 224x224 on 1.3 G too; the digits quick starts on 2 M.
+AUTO_COMPILE_MIN_PIXELS = 2**25
 # ... and only when a time budget, if the job has one, leaves room for the compilation.
 AUTO_COMPILE_MIN_BUDGET_S = 600.0
 
@@ -66,20 +69,26 @@ def trial_device(job: Job) -> torch.device:
     return torch.device("cuda" if job.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
 
-def choose_quantizer_kernels(job: Job, steps: int, device: torch.device) -> bool:
-    """Switch this worker's quantizers to compiled or eager kernels for a trial of ``steps``
-    training steps, as ``search.quantizer_kernels`` says; returns whether they are compiled.
+def training_pixels(images_per_epoch: int, epochs: int, image_size: int) -> int:
+    """Input pixels a worker trains on: what :data:`AUTO_COMPILE_MIN_PIXELS` is compared with."""
+    return images_per_epoch * epochs * image_size * image_size
+
+
+def choose_quantizer_kernels(job: Job, pixels: int, device: torch.device) -> bool:
+    """Switch this worker's quantizers to compiled or eager kernels for a trial that trains on
+    ``pixels`` input pixels (:func:`training_pixels`), as ``search.quantizer_kernels`` says;
+    returns whether they are compiled.
 
     ``auto`` follows ``GMPQ_COMPILE_QUANTIZERS`` where it is set, else compiles when the trial
-    has at least :data:`AUTO_COMPILE_MIN_STEPS` steps, the search's ``time_budget_s`` (if any)
-    is at least :data:`AUTO_COMPILE_MIN_BUDGET_S`, and ``torch.compile`` has a toolchain.
+    trains on at least :data:`AUTO_COMPILE_MIN_PIXELS` pixels, the search's ``time_budget_s``
+    (if any) is at least :data:`AUTO_COMPILE_MIN_BUDGET_S`, and ``torch.compile`` has a toolchain.
     """
     choice = job.search.quantizer_kernels
     if choice == "auto":
         compiled = compile_requested_by_environment()
         if compiled is None:
             budget = job.search.time_budget_s
-            compiled = (steps >= AUTO_COMPILE_MIN_STEPS and (budget is None or budget >= AUTO_COMPILE_MIN_BUDGET_S)
+            compiled = (pixels >= AUTO_COMPILE_MIN_PIXELS and (budget is None or budget >= AUTO_COMPILE_MIN_BUDGET_S)
                         and compiler_available(device))
     else:
         compiled = choice == "compiled"
@@ -137,7 +146,7 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
 
     weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs)
     epochs = job.search.epochs
-    choose_quantizer_kernels(job, epochs * len(train_loader), device)
+    choose_quantizer_kernels(job, training_pixels(len(data.train), epochs, data.image_size), device)
 
     start_epoch = 0
     checkpoint = tune.get_checkpoint()

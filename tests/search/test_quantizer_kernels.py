@@ -7,7 +7,7 @@ import torch
 
 from gmpq_ray.core import quantizers
 from gmpq_ray.search.job import load_job
-from gmpq_ray.search.trial import AUTO_COMPILE_MIN_STEPS, choose_quantizer_kernels
+from gmpq_ray.search.trial import AUTO_COMPILE_MIN_PIXELS, choose_quantizer_kernels, training_pixels
 from tests.conftest import write_job
 
 
@@ -22,31 +22,38 @@ def job_with(tmp_path, kernels):
     return load_job(write_job(tmp_path, search__quantizer_kernels=kernels))
 
 
-@pytest.mark.parametrize(("kernels", "steps", "expected"), [
-    ("eager", 10 * AUTO_COMPILE_MIN_STEPS, False),
+@pytest.mark.parametrize(("kernels", "pixels", "expected"), [
+    ("eager", 10 * AUTO_COMPILE_MIN_PIXELS, False),
     ("compiled", 1, True),
-    ("auto", AUTO_COMPILE_MIN_STEPS - 1, False),
+    ("auto", AUTO_COMPILE_MIN_PIXELS - 1, False),
 ])
-def test_the_job_chooses(tmp_path, kernels, steps, expected):
-    assert choose_quantizer_kernels(job_with(tmp_path, kernels), steps, torch.device("cpu")) is expected
+def test_the_job_chooses(tmp_path, kernels, pixels, expected):
+    assert choose_quantizer_kernels(job_with(tmp_path, kernels), pixels, torch.device("cpu")) is expected
     assert quantizers.compiled_kernels_enabled() is expected
+
+
+def test_real_searches_compile_and_the_quick_starts_do_not():
+    cifar10 = training_pixels(50_000, 25, 32)
+    flowers = training_pixels(1_020, 25, 224)
+    digits_quickstart = training_pixels(1_437, 6, 16)
+    assert min(cifar10, flowers) >= AUTO_COMPILE_MIN_PIXELS > digits_quickstart
 
 
 def test_auto_compiles_long_trials_where_a_compiler_is(tmp_path, monkeypatch):
     job = job_with(tmp_path, "auto")
     cpu = torch.device("cpu")
     monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
-    assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_STEPS, cpu) is True
+    assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_PIXELS, cpu) is True
     monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: False)
-    assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_STEPS, cpu) is False
+    assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_PIXELS, cpu) is False
     short = load_job(write_job(tmp_path, search__quantizer_kernels="auto", search__time_budget_s=60))
     monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
-    assert choose_quantizer_kernels(short, 10 * AUTO_COMPILE_MIN_STEPS, cpu) is False  # no time to compile
+    assert choose_quantizer_kernels(short, 10 * AUTO_COMPILE_MIN_PIXELS, cpu) is False  # no time to compile
     monkeypatch.setenv("GMPQ_COMPILE_QUANTIZERS", "1")  # the environment overrides auto, both ways
     assert choose_quantizer_kernels(job, 1, cpu) is True
     monkeypatch.setenv("GMPQ_COMPILE_QUANTIZERS", "0")
     monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
-    assert choose_quantizer_kernels(job, 10 * AUTO_COMPILE_MIN_STEPS, cpu) is False
+    assert choose_quantizer_kernels(job, 10 * AUTO_COMPILE_MIN_PIXELS, cpu) is False
 
 
 def test_bad_choice_is_refused(tmp_path):
