@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import sys
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.fx
@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 TeacherPrecision = Literal["auto", "fp32", "bf16"]
-TEACHER_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+TEACHER_PRECISIONS: tuple[str, ...] = get_args(TeacherPrecision)
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -17,6 +17,7 @@ from gmpq_ray.core.config import key_path, load_yaml, parse, require
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.searchspace import SearchSpace
+from gmpq_ray.core.teacher import TeacherPrecision
 from gmpq_ray.search.metrics import TRIAL_METRICS
 
 # Hyper-parameters of the differentiable search that a job may tune, with their defaults
@@ -107,7 +108,7 @@ class SearchConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     seed: int = 0
     attribution: Literal["closed_form", "autograd"] = "closed_form"
-    teacher_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    teacher_precision: TeacherPrecision = "auto"
     quantizer_kernels: Literal["auto", "compiled", "eager"] = "auto"
     fill_budget: bool = True
     max_failures: int = 2
