@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.runtime.signals import Interrupted
 
 EXIT_USAGE = 2
 
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"gmpq: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"gmpq: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("gmpq: interrupted", file=sys.stderr)
         return 130

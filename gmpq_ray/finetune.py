@@ -37,15 +37,17 @@ from gmpq_ray.finetune_run import (
     FINAL_FILE,
     JOB_FILE,
     POLICY_FILE,
+    RUN_KIND,
     RUN_NAME,
     FinetuneResult,
     check_output,
-    claim_output,
     latest_checkpoint,
     load_state,
     write_outputs,
 )
 from gmpq_ray.finetune_worker import train_loop_per_worker
+from gmpq_ray.runtime import RunFolder, StopSignals
+from gmpq_ray.runtime.cluster import check_fits_a_node, start_ray
 
 __all__ = ["FINAL_FILE", "FinetuneResult", "finetune", "latest_checkpoint"]
 
@@ -80,6 +82,8 @@ def finetune(
         print(result.top1, result.bops_searched)
     """
     start = time.perf_counter()
+    policy_path = None if isinstance(policy, Policy) else policy
+    job_path = None if isinstance(job, FinetuneJob) else job
     policy = policy if isinstance(policy, Policy) else Policy.load(policy)
     job = job if isinstance(job, FinetuneJob) else load_finetune_job(job)
     job = dataclasses.replace(job, workers=job.workers if workers is None else workers,
@@ -90,30 +94,36 @@ def finetune(
     cost = CostModel.for_model(job.model, job.deployment_input_size(), num_classes, in_channels, job.cifar_stem,
                                list(policy.fixed_layers) or None)
     bops = cost.policy_bops(policy, job.fixed)
-    out = check_output(Path(output_dir).resolve(), policy, job, overwrite, resume)
-    started_ray = _start_ray(address, job)
+    out = check_output(output_dir, policy, job, overwrite, resume, inputs=[policy_path, job_path, job.fp_state_dict, job.data.root])
+    started_ray = start_ray(address)
     try:
-        # Everything is checked: from here on the folder is ours.
-        if not resume:
-            claim_output(out)
-        policy.bops = {**policy.bops, "searched_g": bops[0] / 1e9, "total_g": bops[1] / 1e9}
-        policy.save(out / POLICY_FILE)
-        write_text_atomic(out / JOB_FILE, yaml.safe_dump(job_to_dict(job), sort_keys=False))
-        log(f"finetune {job.name}: {job.model} with {len(policy.layers)} searched layers at {format_bops(bops[0])} "
-            f"({format_bops(bops[1])} in all at {job.deployment_input_size()}x{job.deployment_input_size()}), "
-            f"{job.epochs} epoch(s) on {job.workers} worker(s)" + (f" with {job.gpus_per_worker:g} GPU each" if job.gpus_per_worker else ""))
-        checkpoint = latest_checkpoint(out) if resume else None
-        if checkpoint is None or load_state(checkpoint)["epoch"] < job.epochs:
-            if checkpoint is not None:
-                log(f"resuming from {checkpoint}")
-            _fit(job, policy, fp_state, out)
-        else:
-            # Training had ended when the run stopped: only the outputs are missing.
-            log(f"{checkpoint} holds the last of {job.epochs} epoch(s): writing the outputs")
+        _check_resources(job, address)
+        # Everything is checked: from here on the folder is ours (locked until the run ends).
+        folder = RunFolder.reopen(out, RUN_KIND) if resume else RunFolder.create(out, RUN_KIND, overwrite)
+        with folder, StopSignals() as signals:
+            try:
+                if not resume:
+                    policy.bops = {**policy.bops, "searched_g": bops[0] / 1e9, "total_g": bops[1] / 1e9}
+                    policy.save(out / POLICY_FILE)
+                    write_text_atomic(out / JOB_FILE, yaml.safe_dump(job_to_dict(job), sort_keys=False))
+                log(f"finetune {job.name}: {job.model} with {len(policy.layers)} searched layers at {format_bops(bops[0])} "
+                    f"({format_bops(bops[1])} in all at {job.deployment_input_size()}x{job.deployment_input_size()}), "
+                    f"{job.epochs} epoch(s) on {job.workers} worker(s)" + (f" with {job.gpus_per_worker:g} GPU each" if job.gpus_per_worker else ""))
+                checkpoint = latest_checkpoint(out) if resume else None
+                if checkpoint is None or load_state(checkpoint)["epoch"] < job.epochs:
+                    if checkpoint is not None:
+                        log(f"resuming from {checkpoint}")
+                    _fit(job, policy, fp_state, out)
+                else:
+                    # Training had ended when the run stopped: only the outputs are missing.
+                    log(f"{checkpoint} holds the last of {job.epochs} epoch(s): writing the outputs")
+            except KeyboardInterrupt:
+                raise signals.interrupted("finetune", f"gmpq finetune {policy_path or 'POLICY'} {job_path or 'JOB'} "
+                                                      f"--output {out} --resume") from None
+            return write_outputs(out, job, bops, log, time.perf_counter() - start)
     finally:
         if started_ray:
             ray.shutdown()
-    return write_outputs(out, job, bops, log, time.perf_counter() - start)
 
 
 def _check_model_inputs(job: FinetuneJob, policy: Policy) -> tuple[int, int]:
@@ -136,27 +146,17 @@ def _load_fp_state(job: FinetuneJob, num_classes: int, in_channels: int) -> dict
     return state
 
 
-def _start_ray(address: str | None, job: FinetuneJob) -> bool:
-    """Join ``address`` or start a local Ray; check that the job's workers can ever be placed."""
-    started = False
-    if not ray.is_initialized():
-        try:
-            # No dashboard unless a user starts one; Ray keeps token authentication on.
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UserInputError(f"--address {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0]})") from None
-        started = True
+def _check_resources(job: FinetuneJob, address: str | None) -> None:
+    """Each worker must fit on a node; on a local Ray (which never grows) all of them together must fit."""
+    check_fits_a_node({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, "each worker", "cpus_per_worker/gpus_per_worker")
     total = ray.cluster_resources()
     need = {"CPU": job.workers * job.cpus_per_worker, "GPU": job.workers * job.gpus_per_worker}
     short = {k: v for k, v in need.items() if v > total.get(k, 0) + 1e-9}
     if short and address is None:
         # A fixed local Ray never grows: the trainer would wait forever.
-        if started:
-            ray.shutdown()
         have = ", ".join(f"{total.get(k, 0):g} {k}" for k in short)
         raise UserInputError(f"workers: {job.workers} worker(s) need {', '.join(f'{v:g} {k}' for k, v in short.items())}; "
                              f"this Ray has {have} (lower --workers or cpus_per_worker/gpus_per_worker)")
-    return started
 
 
 def _fit(job: FinetuneJob, policy: Policy, fp_state: dict[str, torch.Tensor], out: Path) -> ray.train.Result:

@@ -16,8 +16,7 @@ This module imports no Ray.
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,10 @@ from gmpq_ray.core.complexity import format_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import Policy, write_text_atomic
 from gmpq_ray.finetune_job import FinetuneJob, job_from_dict, resume_conflicts
+from gmpq_ray.runtime import check_new_output
 
 RUN_NAME = "train"
+RUN_KIND = "finetune"
 POLICY_FILE, JOB_FILE = "policy.json", "job.yaml"
 METRICS_FILE, FINAL_FILE, MODEL_FILE = "metrics.csv", "final_metrics.json", "model.pt"
 STATE_FILE, CHECKPOINT_PREFIX = "state.pt", "epoch_"
@@ -77,30 +78,22 @@ def latest_checkpoint(out: Path) -> Path | None:
     return folders[-1] if folders else None
 
 
-def check_output(out: Path, policy: Policy, job: FinetuneJob, overwrite: bool, resume: bool) -> Path:
-    """Check that ``out`` may receive this run (and that a resume continues the same run); changes nothing."""
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--output {out} exists and is not a folder")
-    holds = out.is_dir() and any(out.iterdir())
+def check_output(output: str | Path, policy: Policy, job: FinetuneJob, overwrite: bool, resume: bool,
+                 inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Check that ``output`` may receive this run (and that a resume continues the same run); changes nothing."""
     if resume and overwrite:
         raise UserInputError("give --resume or --overwrite, not both")
     if resume:
+        out = Path(output).resolve()
         _check_resume(out, policy, job)
         return out
-    if holds and not overwrite:
+    out = Path(output).resolve() if str(output).strip() else None
+    if out is not None and not overwrite and out.is_dir() and any(out.iterdir()):
         checkpoint = latest_checkpoint(out)
         if checkpoint is not None and not (out / FINAL_FILE).is_file():
             raise UserInputError(f"--output {out} holds an interrupted finetune (last checkpoint {checkpoint.name}); "
                                  f"pass --resume to continue it, or --overwrite to start over")
-        raise UserInputError(f"--output {out} already holds results; choose a new folder or pass --overwrite to replace them")
-    return out
-
-
-def claim_output(out: Path) -> None:
-    """Empty (``--overwrite``) or create the run folder."""
-    if out.is_dir() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    return check_new_output(output, RUN_KIND, overwrite, inputs)
 
 
 def _check_resume(out: Path, policy: Policy, job: FinetuneJob) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +36,12 @@ from gmpq_ray.experiments.ablate_job import AblationJob, ArchitectureConfig, Pai
 from gmpq_ray.finetune import FINAL_FILE, finetune, latest_checkpoint
 from gmpq_ray.finetune_job import FinetuneJob
 from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown
-from gmpq_ray.search.runner import NoResultError, prepare_output_dir, run_search, save_atomic, start_ray
+from gmpq_ray.runtime import Interrupted, RunFolder, StopSignals, check_new_output
+from gmpq_ray.runtime.cluster import start_ray
+from gmpq_ray.search.runner import NoResultError, check_trial_resources, run_search, save_atomic
 
 JOB_COPY = "ablation.yaml"
+RUN_KIND = "ablate"
 FP_STATE, FP_METRICS = "fp_target.pt", "fp_metrics.json"
 
 
@@ -67,16 +69,25 @@ def run_ablation(
     started_ray = start_ray(address)
     rows, policies = [], {}
     try:
-        searches = _search_all(job.pairs, out, resume, log)
-        for arch in job.config.architectures:
-            pairs = job.pairs_of(arch.label)
-            fp_path = _fp_weights(job, arch, pairs[0].finetune, out / slug(arch.label), log)
-            rows.append(_fp_row(arch, pairs[0], fp_path, out / slug(arch.label), log))
-            for pair in pairs:
-                row, policy = _finetune_pair(pair, searches[pair.folder], fp_path, out / pair.folder, address, resume, log)
-                rows.append(row)
-                if policy is not None:
-                    policies.setdefault(arch.label, {})[pair.dataset] = policy
+        for pair in job.pairs:
+            check_trial_resources(pair.search)
+        folder = RunFolder.reopen(out, RUN_KIND) if resume else RunFolder.create(out, RUN_KIND, overwrite)
+        with folder, StopSignals() as signals:
+            try:
+                if not resume:
+                    _write_job_copy(job, job_path, out)
+                searches = _search_all(job.pairs, out, resume, log)
+                for arch in job.config.architectures:
+                    pairs = job.pairs_of(arch.label)
+                    fp_path = _fp_weights(job, arch, pairs[0].finetune, out / slug(arch.label), log)
+                    rows.append(_fp_row(arch, pairs[0], fp_path, out / slug(arch.label), log))
+                    for pair in pairs:
+                        row, policy = _finetune_pair(pair, searches[pair.folder], fp_path, out / pair.folder, address, resume, log)
+                        rows.append(row)
+                        if policy is not None:
+                            policies.setdefault(arch.label, {})[pair.dataset] = policy
+            except (KeyboardInterrupt, Interrupted):
+                raise signals.interrupted("ablation", f"gmpq ablate {job_path or 'JOB'} --output {out} --resume") from None
     finally:
         if started_ray:
             ray.shutdown()
@@ -106,15 +117,16 @@ def _prepare(job: AblationJob, output_dir, overwrite: bool, resume: bool, job_pa
         if not (out / JOB_COPY).is_file():
             raise UserInputError(f"--resume: {out} is not an ablation run folder (no {JOB_COPY})")
         return out
-    out = prepare_output_dir(output_dir, overwrite)
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    inputs = [job_path, job.config.target.data.root, *(pair.search.data.root for pair in job.pairs),
+              *(arch.fp_state_dict for arch in job.config.architectures)]
+    return check_new_output(output_dir, RUN_KIND, overwrite, inputs)
+
+
+def _write_job_copy(job: AblationJob, job_path: Path | None, out: Path) -> None:
     if job_path is not None:
-        shutil.copyfile(job_path, out / JOB_COPY)
+        write_text_atomic(out / JOB_COPY, job_path.read_text())
     else:
         write_text_atomic(out / JOB_COPY, yaml.safe_dump({"name": job.config.name}))
-    return out
 
 
 def _check_fp_state(arch: ArchitectureConfig, model_name: str, num_classes: int, in_channels: int) -> None:

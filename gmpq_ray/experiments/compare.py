@@ -11,7 +11,6 @@ receives one sub-folder per method (a full search run each), ``comparison.csv``,
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -27,8 +26,12 @@ from gmpq_ray.core.qat import QATConfig, evaluate_policy
 from gmpq_ray.experiments.baselines import best_uniform_policy, random_feasible_policies
 from gmpq_ray.experiments.compare_job import CompareJob, load_compare_job
 from gmpq_ray.report.pareto import plot_pareto
+from gmpq_ray.runtime import RunFolder, check_new_output
+from gmpq_ray.runtime.cluster import start_ray
 from gmpq_ray.search.job import Job
-from gmpq_ray.search.runner import TEACHER_FILE, prepare_output_dir, run_search, save_atomic, start_ray, train_teacher
+from gmpq_ray.search.runner import TEACHER_FILE, check_trial_resources, run_search, save_atomic, train_teacher
+
+RUN_KIND = "compare"
 
 
 @ray.remote(num_cpus=1)
@@ -52,28 +55,31 @@ def run_compare(
     """Run the comparison job and write its table and figure; returns the table."""
     if not isinstance(job, CompareJob):
         job = load_compare_job(job)
-    out = prepare_output_dir(output_dir, overwrite)
+    out = check_new_output(output_dir, RUN_KIND, overwrite, inputs=[job.base.data.root, job.base.teacher.state_dict])
     data = job.base.data.load()  # fail on bad data before the folder is made
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
 
-    teacher_state = train_teacher(job.base, progress=False, log=log)
-    save_atomic(teacher_state, out / TEACHER_FILE)
     started_ray = start_ray(address)
     try:
-        searches = {}
-        for method, method_job in job.methods.items():
-            method_job = dataclasses.replace(method_job, teacher=dataclasses.replace(method_job.teacher, state_dict=str(out / TEACHER_FILE)))
-            method_job.base_dir = job.base.base_dir
-            log(f"== searching with the {method} method ==")
-            start = time.perf_counter()
-            result = run_search(method_job, out / method, progress=False, log=log)
-            searches[method] = (result, time.perf_counter() - start)
-        candidates = [(method, result.best_policy) for method, (result, _) in searches.items()]
-        candidates.append(("uniform", best_uniform_policy(job.base.space)))
-        candidates += [(f"random-{i + 1}", p) for i, p in enumerate(random_feasible_policies(job.base.space, job.compare.random_policies, job.base.search.seed))]
-        evaluations = _evaluate_all(job, teacher_state, candidates, data, log)
+        check_trial_resources(job.base)
+        with RunFolder.create(out, RUN_KIND, overwrite) as folder:
+            try:
+                teacher_state = train_teacher(job.base, progress=False, log=log)
+            except BaseException:
+                folder.rollback()
+                raise
+            save_atomic(teacher_state, out / TEACHER_FILE)
+            searches = {}
+            for method, method_job in job.methods.items():
+                method_job = dataclasses.replace(method_job, teacher=dataclasses.replace(method_job.teacher, state_dict=str(out / TEACHER_FILE)))
+                method_job.base_dir = job.base.base_dir
+                log(f"== searching with the {method} method ==")
+                start = time.perf_counter()
+                result = run_search(method_job, out / method, progress=False, log=log)
+                searches[method] = (result, time.perf_counter() - start)
+            candidates = [(method, result.best_policy) for method, (result, _) in searches.items()]
+            candidates.append(("uniform", best_uniform_policy(job.base.space)))
+            candidates += [(f"random-{i + 1}", p) for i, p in enumerate(random_feasible_policies(job.base.space, job.compare.random_policies, job.base.search.seed))]
+            evaluations = _evaluate_all(job, teacher_state, candidates, data, log)
     finally:
         if started_ray:
             ray.shutdown()

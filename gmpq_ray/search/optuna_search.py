@@ -21,6 +21,7 @@ import math
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from gmpq_ray.runtime.signals import stop_requested
 from gmpq_ray.search.metrics import TRIAL_METRICS
 
 CONSTRAINT_KEY = "bops_limit"
@@ -44,6 +45,10 @@ class RecordingOptunaSearch(OptunaSearch):
         self.stop_reasons[trial_id] = reason
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if stop_requested() and not (result or {}).get("done"):
+            # Tune stops the running trials of an interrupted search as if they had completed;
+            # their Optuna trials stay open so that ``--resume`` can report to them.
+            return None
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)

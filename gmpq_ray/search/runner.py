@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
 from gmpq_ray.core.training import train_classifier
 from gmpq_ray.report.figures import plot_policy
+from gmpq_ray.runtime import RunFolder, StopSignals, check_new_output, study_url
+from gmpq_ray.runtime.cluster import check_fits_a_node, start_ray
 from gmpq_ray.search.job import Job, ParamSpec, job_to_dict, load_job
 from gmpq_ray.search.metrics import TRIAL_METRICS
 from gmpq_ray.search.optuna_search import RecordingOptunaSearch
@@ -43,6 +44,7 @@ from gmpq_ray.search.trial import POLICY_FILE, TrialContext, supernet_trial, tri
 
 JOB_FILE = "job.yaml"
 TEACHER_FILE = "teacher.pt"
+RUN_KIND = "search"
 
 
 class NoResultError(RuntimeError):
@@ -73,18 +75,6 @@ def tune_domain(spec: ParamSpec):
     return (tune.loguniform if spec.log else tune.uniform)(spec.low, spec.high)
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Check that ``path`` may receive this run's results (created later, after validation)."""
-    path = Path(path).resolve()
-    if path.exists() and not path.is_dir():
-        raise UserInputError(f"--output {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise UserInputError(
-            f"--output {path} already holds results; choose a new folder or pass --overwrite to replace them"
-        )
-    return path
-
-
 def load_teacher_state(job: Job, num_classes: int, in_channels: int) -> dict[str, torch.Tensor] | None:
     """The teacher's state dict from ``teacher.state_dict``, checked against the model (or None)."""
     if job.teacher.state_dict is None:
@@ -100,18 +90,6 @@ def load_teacher_state(job: Job, num_classes: int, in_channels: int) -> dict[str
     except (RuntimeError, TypeError, AttributeError) as err:
         raise UserInputError(f"teacher.state_dict {path}: does not match {job.space.model} ({str(err).splitlines()[0]})") from None
     return model.state_dict()
-
-
-def start_ray(address: str | None) -> bool:
-    """Join the cluster at ``address``, or start an embedded local Ray; True if we started it."""
-    if ray.is_initialized():
-        return False
-    try:
-        # No dashboard unless a user starts one; Ray keeps token authentication on.
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise UserInputError(f"--address {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0]})") from None
-    return True
 
 
 class NoTunedParameters:
@@ -137,7 +115,7 @@ def make_searcher(job: Job, study_path: Path) -> RecordingOptunaSearch:
     common = dict(
         bops_limit_g=job.space.bops_limit / 1e9,
         sampler=samplers[search.sampler](),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{study_path}"),
+        storage=optuna.storages.RDBStorage(study_url(study_path)),
         study_name=job.name,
         points_to_evaluate=[dict(point) for point in search.initial_points] or None,
     )
@@ -165,13 +143,18 @@ def run_search(
 
     Args:
         job: a :class:`Job` or the path of a job YAML file; None with ``resume``.
-        output_dir: the run folder (must be new or empty unless ``overwrite`` or ``resume``).
+        output_dir: the run folder (must be new or empty unless ``overwrite`` or ``resume``;
+            ``overwrite`` replaces only an earlier gmpq search run).
         address: a Ray cluster address (``auto`` or ``host:port``); None starts a local Ray.
-        overwrite: replace the results of an earlier run in ``output_dir``.
+        overwrite: replace the results of an earlier search run in ``output_dir``.
         resume: continue the interrupted search in ``output_dir`` (from its own ``job.yaml``):
             finished trials are kept, unfinished ones resume from their checkpoints.
         progress: progress bars for teacher training.
         log: where progress lines and the summary go.
+
+    Raises:
+        UserInputError: bad input, found before anything is written.
+        Interrupted: SIGINT or SIGTERM stopped the search; ``--resume`` continues it.
 
     Example::
 
@@ -186,27 +169,23 @@ def run_search(
     else:
         if job is None:
             raise UserInputError("give a job file (or --resume DIR to continue a search)")
+        job_path = None if isinstance(job, Job) else job
         if not isinstance(job, Job):
             job = load_job(job)
-        out = prepare_output_dir(output_dir, overwrite)
+        out = check_new_output(output_dir, RUN_KIND, overwrite,
+                               inputs=[job_path, job.teacher.state_dict, job.data.root])
         data = job.data.load()
         teacher_state = load_teacher_state(job, data.num_classes, data.in_channels)
-        # Validation is over: from here on the folder is ours.
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / JOB_FILE, yaml.safe_dump(job_to_dict(job), sort_keys=False))
-
-    space = job.space
-    log(f"search space: {space.model}, w_bits {space.w_bits}, a_bits {space.a_bits}, "
-        f"limit {format_bops(space.bops_limit)} (searched layers at {space.input_size}x{space.input_size})")
-    if teacher_state is None:
-        teacher_state = train_teacher(job, progress, log)
-    save_atomic(teacher_state, out / TEACHER_FILE)
 
     started_ray = start_ray(address)
     try:
-        grid = _fit(job, out, teacher_state, resume=resume and tune.Tuner.can_restore(str(out / "tune")))
+        check_trial_resources(job)
+        # Every check has passed: from here on the folder is ours (locked until the run ends).
+        folder = RunFolder.reopen(out, RUN_KIND) if resume else RunFolder.create(out, RUN_KIND, overwrite)
+        with folder, StopSignals() as signals:
+            grid = _run(job, out, folder, teacher_state, resume, signals, progress, log)
+            if signals.signum is not None:
+                raise signals.interrupted("search", f"gmpq search --resume {out}")
     finally:
         if started_ray:
             ray.shutdown()
@@ -220,8 +199,8 @@ def run_search(
         best = _best_result(grid, job, stop_reasons)
     except NoResultError as err:
         raise NoResultError(str(err), time.perf_counter() - start) from None
-    with best.checkpoint.as_directory() as folder:
-        policy = Policy.load(Path(folder) / POLICY_FILE)
+    with best.checkpoint.as_directory() as checkpoint:
+        policy = Policy.load(Path(checkpoint) / POLICY_FILE)
     best_path = out / "best_policy.json"
     policy.save(best_path)
     plot_policy(policy, out / "best_policy.png", title=f"{job.name}: best policy")
@@ -230,11 +209,56 @@ def run_search(
     return SearchResult(out, policy, best_path, trials, seconds)
 
 
+def _run(job: Job, out: Path, folder: RunFolder, teacher_state, resume: bool, signals: StopSignals,
+         progress: bool, log: Callable[[str], None]) -> tune.ResultGrid:
+    """The teacher, then the Tune experiment; a fresh run that fails before its first trial
+    leaves no folder behind (one stopped by a signal stays, for ``--resume``)."""
+    space = job.space
+    try:
+        if not resume:
+            write_text_atomic(out / JOB_FILE, yaml.safe_dump(job_to_dict(job), sort_keys=False))
+        log(f"search space: {space.model}, w_bits {space.w_bits}, a_bits {space.a_bits}, "
+            f"limit {format_bops(space.bops_limit)} (searched layers at {space.input_size}x{space.input_size})")
+        if teacher_state is None:
+            teacher_state = train_teacher(job, progress, log)
+            save_atomic(teacher_state, out / TEACHER_FILE)
+        elif not (out / TEACHER_FILE).is_file():
+            save_atomic(teacher_state, out / TEACHER_FILE)
+    except KeyboardInterrupt:
+        raise signals.interrupted("search", f"gmpq search --resume {out}") from None
+    except BaseException:
+        if not resume:
+            folder.rollback()
+        raise
+    try:
+        return _fit(job, out, teacher_state, signals, resume=resume and tune.Tuner.can_restore(str(out / "tune")))
+    except KeyboardInterrupt:
+        # A second signal, or one before Tune could catch it: the experiment state Tune saved
+        # last is what --resume continues from, as after SIGKILL.
+        raise signals.interrupted("search", f"gmpq search --resume {out}") from None
+
+
+def check_trial_resources(job: Job) -> None:
+    """Refuse trials (or their DDP workers) that no node of the connected Ray can hold."""
+    resources = job.resources
+    if job.search.method == "differentiable" and resources.workers_per_trial > 1:
+        from gmpq_ray.search.sharded import worker_resources
+
+        check_fits_a_node({"CPU": 0.0, "GPU": 0.0, **worker_resources(job)}, "each DDP worker of a trial",
+                          "resources.cpus_per_trial")
+        return
+    check_fits_a_node({"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial}, "each trial",
+                      "resources.cpus_per_trial" if resources.gpus_per_trial == 0 else "resources")
+
+
 def _open_run_to_resume(output_dir: str | Path) -> tuple[Path, Job, dict[str, torch.Tensor] | None]:
+    if not str(output_dir).strip():
+        raise UserInputError("--resume: the path is empty (an unset shell variable?)")
     out = Path(output_dir).resolve()
     if not (out / JOB_FILE).is_file():
         raise UserInputError(f"--resume {out}: not a gmpq run folder (no {JOB_FILE})")
     job = load_job(out / JOB_FILE)
+    _check_study_name(job, out)
     teacher_state = None
     if (out / TEACHER_FILE).is_file():
         try:
@@ -242,6 +266,20 @@ def _open_run_to_resume(output_dir: str | Path) -> tuple[Path, Job, dict[str, to
         except Exception as err:
             raise UserInputError(f"--resume {out}: {TEACHER_FILE} is not loadable ({type(err).__name__})") from None
     return out, job, teacher_state
+
+
+def _check_study_name(job: Job, out: Path) -> None:
+    """A resumed search reports to its study by name: a ``name:`` edited in job.yaml would not find it."""
+    study_path = out / "study.db"
+    if not study_path.is_file():
+        return
+    try:
+        names = optuna.get_all_study_names(storage=study_url(study_path))
+    except Exception as err:  # a damaged database: say so instead of a traceback from SQLAlchemy
+        raise UserInputError(f"--resume {out}: study.db is not a readable Optuna study ({type(err).__name__})") from None
+    if names and job.name not in names:
+        raise UserInputError(f"{out / JOB_FILE}: name: {job.name!r} is not the study in study.db ({names[0]!r}); "
+                             f"a resumed search keeps its name")
 
 
 def train_teacher(job: Job, progress: bool, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
@@ -272,7 +310,7 @@ def close_orphaned_optuna_trials(job: Job, study_path: Path) -> int:
     """
     if not study_path.is_file():
         return 0
-    study = optuna.load_study(study_name=job.name, storage=f"sqlite:///{study_path}")
+    study = optuna.load_study(study_name=job.name, storage=study_url(study_path))
     orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for trial in orphans:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -291,7 +329,7 @@ def _trainable(job: Job, teacher_state: dict[str, torch.Tensor]):
     return tune.with_resources(trainable, {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial})
 
 
-def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bool) -> tune.ResultGrid:
+def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], signals: StopSignals, resume: bool) -> tune.ResultGrid:
     # Save the experiment state at every controller step, so that a trial that has just
     # finished is never re-run after a driver crash (Tune's default period is ~10 s).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -299,7 +337,7 @@ def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bo
     if resume:
         tuner = tune.Tuner.restore(str(out / "tune"), _trainable(job, teacher_state),
                                    resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        return signals.tune_fit(tuner)
     search = job.search
     searcher = make_searcher(job, out / "study.db")
     scheduler = BudgetAndARCScheduler(
@@ -336,7 +374,7 @@ def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bo
             verbose=1,
         ),
     )
-    return tuner.fit()
+    return signals.tune_fit(tuner)
 
 
 def trials_table(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]) -> pd.DataFrame:
