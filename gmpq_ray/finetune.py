@@ -16,6 +16,7 @@ works whether or not this module was imported first.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -176,7 +177,7 @@ def _fit(job: FinetuneJob, policy: Policy, fp_state: dict[str, torch.Tensor], ou
         ),
     )
     try:
-        return trainer.fit()
+        return _fit_in_thread(trainer)
     except ray.train.TrainingFailedError as err:
         raise _worker_error(err) from None
     except ray.exceptions.RayActorError as err:
@@ -187,6 +188,32 @@ def _fit(job: FinetuneJob, policy: Policy, fp_state: dict[str, torch.Tensor], ou
         reason = damaged[-1].split("CheckpointManagerInitializationError:", 1)[1].split(". You are running")[0].strip()
         raise UserInputError(f"the Ray Train run in {out / RUN_NAME} cannot be resumed ({reason}); "
                              f"pass --overwrite to start over") from None
+
+
+def _fit_in_thread(trainer: TorchTrainer) -> ray.train.Result:
+    """``trainer.fit()`` on a helper thread, so that a signal reaches this process's handler.
+
+    Called on the main thread, Ray Train installs its own SIGINT handler, which aborts the run
+    and returns as if it had ended. Here the main thread waits instead, and a signal raises
+    :class:`KeyboardInterrupt` in it: the run stops the way a killed driver stops it (Ray ends
+    the controller and workers this driver owns), and ``--resume`` continues from the last
+    epoch's checkpoint.
+    """
+    outcome: dict[str, object] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # handed to the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _worker_error(err: Exception) -> Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pandas as pd
 import pytest
@@ -199,3 +200,45 @@ def test_gpu_recipe_runs_and_agrees_with_float32():
     run_epoch(model, [(images, labels)], loss, [torch.optim.SGD(model.parameters(), lr=0.01)])
     metrics = topk_metrics(topk_sums(model, [(images, labels)], loss))
     assert 0 <= metrics["top1"] <= metrics["top5"] == 1.0
+
+
+@pytest.mark.ray
+def test_ctrl_c_ends_a_finetune_resumably(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from gmpq_ray.finetune_run import latest_checkpoint
+
+    root = make_image_folder(tmp_path / "data")
+    fp = save_fp_weights(tmp_path / "fp.pt")
+    policy_path = tmp_path / "policy.json"
+    mixed_policy().save(policy_path)
+    job = write_finetune_job(tmp_path, root, fp, epochs=4, workers=1)
+    out = tmp_path / "ft"
+    driver = subprocess.Popen([sys.executable, "-m", "gmpq_ray.cli", "finetune", str(policy_path), str(job), "--output", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        while latest_checkpoint(out) is None and time.monotonic() < deadline:
+            started.extend(p for p in psutil.Process(driver.pid).children(recursive=True) if p not in started)
+            time.sleep(0.2)
+        assert latest_checkpoint(out) is not None, "no epoch finished"
+        os.kill(driver.pid, signal.SIGINT)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        for process in started:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert driver.returncode == 130, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "finetune interrupted by SIGINT" in last and f"--output {out} --resume" in last
+    assert not (out / "final_metrics.json").exists()
+    result = gmpq_ray.finetune(policy_path, job, out, resume=True, log=lambda _: None)
+    assert result.finished and list(result.history.epoch) == [1, 2, 3, 4]
