@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -385,7 +386,7 @@ def trials_table(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]) 
     for result in grid:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id", Path(result.path).name)
-        failure = str(result.error).splitlines()[0] if result.error else metrics.get("error", "")
+        failure = error_reason(result.error) if result.error else metrics.get("error", "")
         reason = stop_reasons.get(trial_id, "")
         epochs = metrics.get("epoch", 0)
         status = "ERROR" if failure else ("PRUNED" if reason else "TERMINATED")
@@ -405,6 +406,19 @@ def trials_table(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]) 
     return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_reason(error: BaseException | str) -> str:
+    """The line of a trial's error that says what went wrong (``ValueError: ...``), without the
+    colour codes and the ``ray::ImplicitFunc.train() (pid=..., actor_id=...)`` header Ray adds."""
+    lines = [line.strip() for line in _ANSI_ESCAPE.sub("", str(error)).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "ray::", "(")) and ":" in line:
+            return line[:300]
+    return (lines[-1] if lines else repr(error))[:300]
+
+
 def _best_result(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]):
     metric = job.search.metric
 
@@ -416,7 +430,7 @@ def _best_result(grid: tune.ResultGrid, job: Job, stop_reasons: dict[str, str]):
 
     ok = [r for r in grid if finished(r)]
     if not ok:
-        errors = "; ".join(str(r.error or r.metrics.get("error")).splitlines()[0] for r in grid
+        errors = "; ".join(error_reason(r.error) if r.error else str(r.metrics.get("error")) for r in grid
                            if r.error or (r.metrics or {}).get("error"))[:500]
         raise NoResultError(f"no search trial finished ({errors or 'every trial was pruned'}); see trials.csv")
     sign = 1 if job.search.mode == "max" else -1
