@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 _CAUGHT = (signal.SIGINT, signal.SIGTERM)
@@ -36,6 +37,13 @@ class Interrupted(Exception):
 def stop_requested() -> bool:
     """True once a stop signal arrived inside a :class:`StopSignals` block of this process."""
     return _received is not None
+
+
+def _in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    return ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
 def signal_name(signum: int) -> str:
@@ -58,7 +66,9 @@ class StopSignals:
         self._previous_env: str | None = None
         self._usr1_before_fit: object = None
         self._in_fit = False
-        self.active = threading.current_thread() is threading.main_thread()
+        # Only a driver catches signals: in a Ray worker (an ablation drives its searches from
+        # Ray tasks) they are Ray's, which ends its workers with them.
+        self.active = threading.current_thread() is threading.main_thread() and not _in_ray_worker()
 
     @property
     def signum(self) -> int | None:
