@@ -120,7 +120,7 @@ def _check_model_inputs(job: FinetuneJob, policy: Policy) -> tuple[int, int]:
     num_classes, in_channels = job.data.num_classes_and_channels()
     if job.num_classes is not None and job.num_classes != num_classes:
         raise UserInputError(f"num_classes: the job says {job.num_classes}, data set {job.data.name} has {num_classes}")
-    check_policy_fits(job.model, num_classes, in_channels, job.cifar_stem, policy)
+    check_policy_fits(job.model, num_classes, in_channels, job.cifar_stem, policy, job.deployment_input_size())
     return num_classes, in_channels
 
 

@@ -38,6 +38,11 @@ MAX_QUOTED_CHARS = 200
 MAX_SEED = 2**32 - 1
 # Any integer field: what fits in the int64 torch and numpy keep counts in.
 MAX_INT = 2**63 - 1
+# Bounds shared by the configs: image side (pixels), classes, input channels.
+MAX_IMAGE_SIZE = 4096
+MAX_NAME_LENGTH = 200
+MAX_CLASSES = 100_000
+MAX_IN_CHANNELS = 1024
 
 
 def short_repr(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
@@ -289,6 +294,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 def to_dict(obj: Any) -> dict[str, Any]:
     """The plain-data form of a config dataclass (round-trips through :func:`parse`)."""
     return dataclasses.asdict(obj)
+
+
+def require_name(name: str, where: str) -> None:
+    """A job name goes into folder and study names: ASCII letters, digits, '-' and '_', at most :data:`MAX_NAME_LENGTH`."""
+    require(bool(name) and name.isascii() and name.replace("-", "").replace("_", "").isalnum(), where,
+            f"must be letters, digits, '-' or '_', got {short_repr(name)}")
+    require(len(name) <= MAX_NAME_LENGTH, where, f"must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
 
 
 def require_seed(seed: int, where: str) -> None:
