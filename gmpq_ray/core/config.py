@@ -118,7 +118,7 @@ def _expanded_size(root: yaml.Node) -> int:
             sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
             if sizes[id(node)] > MAX_YAML_NODES:
                 line = node.start_mark.line + 1
-                raise _YAMLRefused(f"aliases at line {line} expand to more than {MAX_YAML_NODES:,} values")
+                raise _YAMLRefused(f"more than {MAX_YAML_NODES:,} values at line {line} (counting each repeat of an alias)")
             continue
         if id(node) in sizes:
             continue
