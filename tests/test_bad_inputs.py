@@ -227,6 +227,7 @@ def _digits_policy(tmp_path: Path, input_size: int = 16) -> Path:
         (["--input-size", "100000"], "--input-size must be between 8 and 4096"),
         (["--input-size", "32"], "p.json: the policy is for input size 16, not --input-size 32"),
     ],
+    ids=["num-classes-negative", "one-class", "in-channels-zero", "in-channels-huge", "input-size-huge", "policy-input-size"],
 )
 def test_bad_bops_flags(tmp_path, capsys, flags, expected):
     args = ["bops", "digits_cnn", "--input-size", "16", "--num-classes", "10", "--in-channels", "1", "--policy",
