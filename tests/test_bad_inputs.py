@@ -84,9 +84,10 @@ def billion_laughs(levels: int = 9) -> str:
         (lambda tmp: "a: &a [*a]\n", ("job.yaml: a recursive alias",)),
         (lambda tmp: "a: " + "[" * 50_000 + "]" * 50_000 + "\n", ("job.yaml: not valid YAML (nested too deeply)",)),
         (lambda tmp: "name: x\0y\n", ("job.yaml: a binary file",)),
+        (lambda tmp: "#" * 10_000_001 + "\n", ("job.yaml: 10,000,002 bytes is too large for a YAML file",)),
     ],
     ids=["duplicate-section", "duplicate-field", "not-utf8", "binary", "billion-laughs", "recursive-alias", "deep-nesting",
-         "nul-byte"],
+         "nul-byte", "too-large"],
 )
 def test_bad_yaml_job_files(tmp_path, capsys, make, expected):
     job = job_text(tmp_path, make(tmp_path))
@@ -180,6 +181,8 @@ NUMBER_CASES = [
     pytest.param({"data__num_workers": 100_000}, "data.num_workers", id='num_workers'),
     pytest.param({"data__val_fraction": 0.001}, ("data.val_fraction: 0.001 of 1797 samples leaves", "one sample of each of the 10 classes"), id='val_fraction-tiny'),
     pytest.param({"data__val_fraction": 0.999}, "data.val_fraction: 0.999", id='val_fraction-huge'),
+    pytest.param({"data__train_fraction": 0.001}, "data.train_fraction: 0.001 of 1437 training samples keeps 1, fewer than the 10",
+                 id="train_fraction-tiny"),
     pytest.param({"data__classes": [3]}, "data.classes: needs at least 2 classes", id='one-class'),
     pytest.param({"data__classes": [3, 3]}, "data.classes: repeats a digit", id='repeated-class'),
     pytest.param({"data__classes": [3, 12]}, "data.classes: must be digits 0-9", id='class-12'),

@@ -247,7 +247,11 @@ class DataConfig:
                 num_workers=self.num_workers,
             )
         if self.train_fraction < 1:
+            total = len(bundle.train)
             bundle.train = _fixed_subset(bundle.train, self.train_fraction, self.seed)
+            require(len(bundle.train) >= bundle.num_classes, "data.train_fraction",
+                    f"{self.train_fraction} of {total} training samples keeps {len(bundle.train)}, "
+                    f"fewer than the {bundle.num_classes} classes")
         return bundle
 
     def num_classes_and_channels(self) -> tuple[int, int]:
