@@ -55,7 +55,7 @@ def short_repr(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
         >>> short_repr([1, 2])
         '[1, 2]'
         >>> short_repr(list(range(100)), limit=20)
-        '[0, 1, 2, 3, 4, 5, 6,...'
+        '[0, 1, 2, 3, 4, 5, 6...'
     """
     parts: list[str] = []
     left = [limit]
