@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.errors import UserInputError, one_line
 from gmpq_ray.runtime.signals import Interrupted
 
 EXIT_USAGE = 2
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserInputError as err:
-        print(f"gmpq: error: {err}", file=sys.stderr)
+        print(f"gmpq: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as err:
         # Raised on purpose (gmpq_ray.search.runner.NoResultError and kin): the run ended

@@ -29,7 +29,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from gmpq_ray._callable import make_callable
 from gmpq_ray.core.complexity import CostModel, format_bops
-from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.errors import UserInputError, one_line
 from gmpq_ray.core.finetuning import check_policy_fits, load_fp_weights
 from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
@@ -131,7 +131,7 @@ def _check_model_inputs(job: FinetuneJob, policy: Policy) -> tuple[int, int]:
     num_classes, in_channels = job.data.num_classes_and_channels()
     if job.num_classes is not None and job.num_classes != num_classes:
         raise UserInputError(f"num_classes: the job says {job.num_classes}, data set {job.data.name} has {num_classes}")
-    check_policy_fits(job.model, num_classes, in_channels, job.cifar_stem, policy)
+    check_policy_fits(job.model, num_classes, in_channels, job.cifar_stem, policy, job.deployment_input_size())
     return num_classes, in_channels
 
 
@@ -224,7 +224,7 @@ def _worker_error(err: Exception) -> Exception:
     for rank, failure in sorted(failures.items()):
         cause = getattr(failure, "cause", None) or failure
         if isinstance(cause, (UserInputError, OSError)):
-            message = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
+            message = one_line(str(cause)) if str(cause).strip() else repr(cause)
             return UserInputError(f"finetune worker {rank}: {message}")
     first = next(iter(failures.values()), err)
     return RuntimeError(f"finetune failed: {str(first).strip().splitlines()[-1] if str(first).strip() else repr(first)}")

@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import key_path, load_yaml, parse, require
+from gmpq_ray.core.config import (
+    MAX_CLASSES,
+    MAX_IMAGE_SIZE,
+    key_path,
+    load_yaml,
+    parse,
+    require,
+    require_name,
+    require_seed,
+    short_repr,
+)
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models import list_models
@@ -62,14 +72,17 @@ class FinetuneJob:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{key_path(where)}name",
-                "must be letters, digits, '-' or '_'")
+        require_name(self.name, f"{key_path(where)}name")
         require((self.model is None) != (self.searchspace is None), where, "give either model or searchspace (not both)")
         require(self.model is None or self.model in list_models(), f"{key_path(where)}model",
-                f"unknown model {self.model!r}; available: {list_models()}")
+                f"unknown model {short_repr(self.model)}; available: {list_models()}")
         check_bits(self.fixed_bits, f"{key_path(where)}fixed_bits")
         require(self.num_classes is None or self.num_classes >= 2, f"{key_path(where)}num_classes", "must be at least 2")
+        require(self.num_classes is None or self.num_classes <= MAX_CLASSES, f"{key_path(where)}num_classes",
+                f"must be at most {MAX_CLASSES}")
         require(self.input_size is None or self.input_size >= 8, f"{key_path(where)}input_size", "must be at least 8")
+        require(self.input_size is None or self.input_size <= MAX_IMAGE_SIZE, f"{key_path(where)}input_size",
+                f"must be at most {MAX_IMAGE_SIZE}, got {self.input_size}")
         require(self.epochs >= 1, f"{key_path(where)}epochs", "must be at least 1")
         require(self.lr > 0, f"{key_path(where)}lr", "must be positive")
         require(self.weight_decay >= 0, f"{key_path(where)}weight_decay", "must not be negative")
@@ -77,6 +90,7 @@ class FinetuneJob:
         require(self.distill_temperature > 0, f"{key_path(where)}distill_temperature", "must be positive")
         require(0 <= self.distill_weight <= 1, f"{key_path(where)}distill_weight", "must be between 0 and 1")
         require(self.calibration_batches >= 1, f"{key_path(where)}calibration_batches", "must be at least 1")
+        require_seed(self.seed, f"{key_path(where)}seed")
         self.check_resources(where)
         require(self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"{key_path(where)}stop_after_epochs",
                 "must be at least 1")

@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 
 from gmpq_ray.core.complexity import format_bops
+from gmpq_ray.core.config import load_yaml
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import Policy, write_text_atomic
 from gmpq_ray.finetune_job import FinetuneJob, job_from_dict, resume_conflicts
@@ -102,7 +102,7 @@ def _check_resume(out: Path, policy: Policy, job: FinetuneJob) -> None:
     saved_policy = Policy.load(out / POLICY_FILE)
     if (saved_policy.model, saved_policy.layers, saved_policy.fixed_layers) != (policy.model, policy.layers, policy.fixed_layers):
         raise UserInputError(f"--resume: the policy differs from the one the run in {out} finetunes")
-    saved_job = job_from_dict(yaml.safe_load((out / JOB_FILE).read_text()), f"{out / JOB_FILE}")
+    saved_job = job_from_dict(load_yaml(out / JOB_FILE), f"{out / JOB_FILE}")
     conflicts = resume_conflicts(saved_job, job)
     if conflicts:
         raise UserInputError(f"--resume: the job differs from the run in {out} in {conflicts} "

@@ -98,12 +98,13 @@ def test_more_workers_than_a_local_ray_has(setup, tmp_path, capsys, ray_local):
 @pytest.mark.ray
 def test_unreadable_images_end_in_one_line_from_the_worker(tmp_path, capsys, ray_local):
     root = make_image_folder(tmp_path / "data")
-    for image in (root / "train" / "circle").iterdir():  # the layout is fine, the files are not
-        image.write_bytes(b"not a png")
+    for image in (root / "train" / "circle").iterdir():  # the layout is fine, the files are cut short
+        image.write_bytes(image.read_bytes()[:60])
     mixed_policy().save(tmp_path / "policy.json")
     job = write_finetune_job(tmp_path, root, save_fp_weights(tmp_path / "fp.pt"), workers=1)
     line = refused(capsys, "finetune", str(tmp_path / "policy.json"), str(job), "--output", str(tmp_path / "o"))
-    assert line.startswith("gmpq: error: finetune worker 0: cannot identify image file") and "circle" in line
+    # The worker's error names the image.
+    assert line.startswith(f"gmpq: error: finetune worker 0: {root / 'train' / 'circle'}/") and ".png: not a readable image" in line
 
 
 def test_policy_for_another_model(setup, tmp_path, capsys):

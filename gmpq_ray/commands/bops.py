@@ -22,12 +22,16 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gmpq_ray.core.complexity import CostModel, format_bops
+    from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS
     from gmpq_ray.core.models import model_entry
     from gmpq_ray.core.policy import LayerBits, Policy, check_bits
 
     model_entry(args.model)
-    if args.input_size < 8:
-        raise UserInputError(f"--input-size must be at least 8, got {args.input_size}")
+    for flag, value, low, high in (("--input-size", args.input_size, 8, MAX_IMAGE_SIZE),
+                                   ("--num-classes", args.num_classes, 2, MAX_CLASSES),
+                                   ("--in-channels", args.in_channels, 1, MAX_IN_CHANNELS)):
+        if not low <= value <= high:
+            raise UserInputError(f"{flag} must be between {low} and {high}, got {value}")
     cost = CostModel.for_model(args.model, args.input_size, args.num_classes, args.in_channels)
     fixed = None
     if args.fixed_bits is not None:
@@ -41,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         policy = Policy.load(args.policy)
         if policy.model != args.model:
             raise UserInputError(f"{args.policy}: policy is for {policy.model!r}, not {args.model!r}")
+        if policy.input_size is not None and policy.input_size != args.input_size:
+            raise UserInputError(f"{args.policy}: the policy is for input size {policy.input_size}, not --input-size "
+                                 f"{args.input_size} (its BOPs depend on it)")
         policy.validate_layers(cost.searched, cost.fixed)
         if fixed is not None:
             policy.fixed_layers = {name: fixed for name in cost.fixed}

@@ -1,12 +1,19 @@
 """Strict parsing of YAML mappings into typed dataclasses, with errors that name the field.
 
-Unknown keys are errors (a typo must not pass silently), so are wrong types and missing
-required fields. A dataclass may define ``validate(self, where)`` for checks across fields.
+Unknown keys are errors (a typo must not pass silently), so are wrong types, missing required
+fields and numbers that are not finite. A dataclass may define ``validate(self, where)`` for
+checks across fields (it only checks, it changes nothing) and ``normalize(self)`` to bring the
+checked values into their canonical form (called once, after ``validate``).
+
+YAML is read by :func:`load_yaml`: UTF-8 text only, a duplicate key is an error, and aliases may
+not expand past :data:`MAX_YAML_NODES` nodes (a "billion laughs" file is refused, not expanded).
+Error messages quote values through :func:`short_repr`, so no value makes an error line long.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -21,6 +28,168 @@ T = TypeVar("T")
 
 _FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
+# A job has a few hundred nodes; aliases may repeat some, but not without bound.
+MAX_YAML_NODES = 100_000
+# A job or search space is a few kB; anything this large is not one.
+MAX_YAML_BYTES = 10_000_000
+# How much of a value an error message quotes.
+MAX_QUOTED_CHARS = 200
+# Seeds reach numpy, torch and Optuna: the range all of them accept.
+MAX_SEED = 2**32 - 1
+# Any integer field: what fits in the int64 torch and numpy keep counts in.
+MAX_INT = 2**63 - 1
+# Bounds shared by the configs: image side (pixels), classes, input channels.
+MAX_IMAGE_SIZE = 4096
+MAX_NAME_LENGTH = 200
+MAX_CLASSES = 100_000
+MAX_IN_CHANNELS = 1024
+
+
+def short_repr(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages.
+
+    Lists and mappings are cut while they are written, so a huge (or alias-shared) value costs
+    no more than the part quoted.
+
+    Example:
+        >>> short_repr([1, 2])
+        '[1, 2]'
+        >>> short_repr(list(range(100)), limit=20)
+        '[0, 1, 2, 3, 4, 5, 6...'
+    """
+    parts: list[str] = []
+    left = [limit]
+
+    def emit(text: str) -> bool:
+        parts.append(text[: left[0] + 1])
+        left[0] -= len(text)
+        return left[0] >= 0
+
+    def walk(item: Any, depth: int) -> bool:
+        if isinstance(item, (list, tuple, Mapping)):
+            if depth > 20:
+                return emit("...")
+            if isinstance(item, Mapping):
+                pairs = ((key, child) for key, child in item.items())
+                opening, closing = "{", "}"
+            else:
+                pairs = ((None, child) for child in item)
+                opening, closing = ("[", "]") if isinstance(item, list) else ("(", ")")
+            if not emit(opening):
+                return False
+            for i, (key, child) in enumerate(pairs):
+                if i and not emit(", "):
+                    return False
+                if key is not None and not (walk(key, depth + 1) and emit(": ")):
+                    return False
+                if not walk(child, depth + 1):
+                    return False
+            return emit(closing)
+        return emit(repr(item))
+
+    if walk(value, 0):
+        return "".join(parts)
+    return "".join(parts)[:limit] + "..."
+
+
+class _YAMLRefused(Exception):
+    """Raised while loading: a duplicate key or an alias bomb (turned into a UserInputError)."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes the document would have with every alias expanded; refuses recursive aliases.
+
+    Each node is counted once (memoized), so the check costs the size of the file, not of the
+    expansion. Raises :class:`_YAMLRefused` past :data:`MAX_YAML_NODES`.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if finished:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                line = node.start_mark.line + 1
+                raise _YAMLRefused(f"more than {MAX_YAML_NODES:,} values at line {line} (counting each repeat of an alias)")
+            continue
+        if id(node) in sizes:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise _YAMLRefused(f"a recursive alias at line {child.start_mark.line + 1} (a value contains itself)")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and aliases expanding past a budget."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _YAMLRefused(f"duplicate key {short_repr(key)} at line {line} (first at line {seen[key]})")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    """YAML text through :class:`StrictLoader`; every problem is one :class:`UserInputError` naming ``source``."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _YAMLRefused as err:
+        raise UserInputError(f"{source}: {err}") from None
+    except RecursionError:
+        raise UserInputError(f"{source}: not valid YAML (nested too deeply)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or getattr(err, "reason", None) or type(err).__name__
+        raise UserInputError(f"{source}: not valid YAML{where} ({short_repr(str(problem))[1:-1]})") from None
+
+
+def read_text_file(path: str | Path, kind: str = "text", max_bytes: int = MAX_YAML_BYTES) -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable, binary or non-UTF-8 file is one :class:`UserInputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UserInputError(f"{path}: {size:,} bytes is too large for a {kind} file (at most {max_bytes:,})")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
+    if b"\x00" in raw:
+        raise UserInputError(f"{path}: a binary file, not {kind} (it holds NUL bytes)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                             f"save the {kind} file as UTF-8") from None
+
 
 def key_path(where: str) -> str:
     """The prefix of a key under ``where``: ``job.yaml: `` for a file's top-level keys, else ``where.``.
@@ -31,17 +200,12 @@ def key_path(where: str) -> str:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """``yaml.safe_load`` of a file, with clear errors for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: file not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise UserInputError(f"{path}: not valid YAML{where} ({problem})") from None
+    """A YAML file's data, with one clear error for a missing, binary, malformed or hostile file.
+
+    Duplicate keys, non-UTF-8 bytes and aliases that expand past :data:`MAX_YAML_NODES` values
+    are errors that name the file (and the line).
+    """
+    return parse_yaml_text(read_text_file(path, "YAML"), str(path))
 
 
 def parse(cls: type[T], data: Any, where: str) -> T:
@@ -53,7 +217,7 @@ def parse(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [key for key in data if key not in fields]
     if unknown:
-        raise UserInputError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise UserInputError(f"{where}: unknown key(s) {short_repr(unknown)}; allowed: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, field in fields.items():
@@ -65,6 +229,9 @@ def parse(cls: type[T], data: Any, where: str) -> T:
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(where)
+    normalize = getattr(obj, "normalize", None)
+    if normalize is not None:
+        normalize()
     return obj
 
 
@@ -82,36 +249,44 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 return _coerce(option, value, where)
             except UserInputError as err:
                 errors.append(str(err))
-        raise UserInputError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not valid here")
+        raise UserInputError(errors[0] if len(errors) == 1 else f"{where}: {short_repr(value)} is not valid here")
     if origin is typing.Literal:
         if value not in args:
-            raise UserInputError(f"{where}: {value!r} is not one of {list(args)}")
+            raise UserInputError(f"{where}: {short_repr(value)} is not one of {list(args)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserInputError(f"{where}: expected a list, got {value!r}")
+            raise UserInputError(f"{where}: expected a list, got {short_repr(value)}")
         return [_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise UserInputError(f"{where}: expected a mapping, got {value!r}")
+            raise UserInputError(f"{where}: expected a mapping, got {short_repr(value)}")
         return {str(k): _coerce(args[1], v, f"{key_path(where)}{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return parse(hint, value, where)
     if hint is bool:
         if not isinstance(value, bool):
-            raise UserInputError(f"{where}: expected true or false, got {value!r}")
+            raise UserInputError(f"{where}: expected true or false, got {short_repr(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserInputError(f"{where}: expected an integer, got {value!r}")
+            raise UserInputError(f"{where}: expected an integer, got {short_repr(value)}")
+        if not -MAX_INT <= value <= MAX_INT:
+            raise UserInputError(f"{where}: {short_repr(value)} is out of range (at most {MAX_INT:.3g} in size)")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserInputError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise UserInputError(f"{where}: expected a number, got {short_repr(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise UserInputError(f"{where}: must be a finite number, got {short_repr(value)}")
+        return number
     if hint is str:
         if not isinstance(value, str):
-            raise UserInputError(f"{where}: expected a string, got {value!r}")
+            raise UserInputError(f"{where}: expected a string, got {short_repr(value)}")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {where}")
 
@@ -119,6 +294,18 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 def to_dict(obj: Any) -> dict[str, Any]:
     """The plain-data form of a config dataclass (round-trips through :func:`parse`)."""
     return dataclasses.asdict(obj)
+
+
+def require_name(name: str, where: str) -> None:
+    """A job name goes into folder and study names: ASCII letters, digits, '-' and '_', at most :data:`MAX_NAME_LENGTH`."""
+    require(bool(name) and name.isascii() and name.replace("-", "").replace("_", "").isalnum(), where,
+            f"must be letters, digits, '-' or '_', got {short_repr(name)}")
+    require(len(name) <= MAX_NAME_LENGTH, where, f"must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+
+
+def require_seed(seed: int, where: str) -> None:
+    """A seed numpy, torch and Optuna all accept: 0 to 2**32 - 1."""
+    require(0 <= seed <= MAX_SEED, where, f"must be between 0 and {MAX_SEED} (2**32 - 1), got {short_repr(seed)}")
 
 
 def require(condition: bool, where: str, message: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from gmpq_ray.core.config import short_repr
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
 from gmpq_ray.core.policy import LayerBits, Policy
@@ -42,7 +43,7 @@ def check_fixed_layers(model: nn.Module, fixed_layers: Sequence[str], where: str
     unknown = [name for name in fixed_layers if name not in names]
     if unknown:
         raise UserInputError(
-            f"{where}: {unknown} are not conv or linear layers of the model "
+            f"{where}: {short_repr(unknown)} are not conv or linear layers of the model "
             f"(its first and last are {default_fixed_layers(model)})"
         )
 
@@ -98,7 +99,8 @@ def apply_policy(model: nn.Module, policy: Policy, fixed_bits: LayerBits = Layer
     policy.validate_layers(searched_layers(model, fixed), fixed)
     leftover = [n for n in quantizable_layers(model) if n not in fixed and n not in policy.layers]
     if leftover:
-        raise UserInputError(f"policy for {policy.model!r}: fixed_layers must list every fixed layer; {leftover} would stay in full precision")
+        raise UserInputError(f"policy for {short_repr(policy.model)}: fixed_layers must list every fixed layer; {short_repr(leftover)} "
+                              "would stay in full precision")
     for name, bits in policy.layers.items():
         set_submodule(model, name, _quantized(model.get_submodule(name), bits))
     for name in fixed:

@@ -8,6 +8,7 @@ ImageFolder tree) are read from a local ``root`` by :mod:`gmpq_ray.core.datasets
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from gmpq_ray.core.config import key_path, require
+from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, require, require_seed, short_repr
 from gmpq_ray.core.datasets import DATASETS, build_split, num_classes_of
 from gmpq_ray.core.errors import UserInputError
 
@@ -73,11 +74,11 @@ def load_digits(
     images = digits.images.astype(np.float32) / 16.0
     labels = digits.target.astype(np.int64)
     if classes is not None:
+        check_digit_classes(classes, "data.classes")
         keep = sorted(set(int(c) for c in classes))
-        if not keep or any(c < 0 or c > 9 for c in keep):
-            raise UserInputError(f"data.classes must be digits 0-9, got {list(classes)}")
         mask = np.isin(labels, keep)
         images, labels = images[mask], np.searchsorted(keep, labels[mask])
+    check_split(labels, val_fraction, "data.val_fraction")
     train_x, val_x, train_y, val_y = train_test_split(
         images, labels, test_size=val_fraction, stratify=labels, random_state=split_seed
     )
@@ -95,6 +96,35 @@ def load_digits(
         in_channels=1,
         image_size=image_size,
     )
+
+
+def check_digit_classes(classes: Sequence[int], where: str) -> None:
+    """Digits kept by ``data.classes``: at least two different ones, each 0-9, none repeated."""
+    require(all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in classes), where,
+            f"must be digits 0-9, got {short_repr(list(classes))}")
+    require(len(set(classes)) == len(classes), where, f"repeats a digit: {short_repr(list(classes))}")
+    require(len(classes) >= 2, where, f"needs at least 2 classes to tell apart, got {short_repr(list(classes))}")
+
+
+def check_split(labels: np.ndarray, val_fraction: float, where: str) -> None:
+    """A stratified split by ``val_fraction`` must leave each split at least one sample per class.
+
+    The counts are those of ``sklearn.model_selection.train_test_split`` (validation: the
+    fraction rounded up).
+    """
+    total, classes = len(labels), len(np.unique(labels))
+    num_val = math.ceil(val_fraction * total)
+    num_train = total - num_val
+    require(num_val >= classes and num_train >= classes, where,
+            f"{val_fraction} of {total} samples leaves {num_train} for training and {num_val} for validation; "
+            f"each split needs at least one sample of each of the {classes} classes")
+
+
+def _digit_labels(classes: Sequence[int] | None) -> np.ndarray:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    labels = sklearn_digits().target
+    return labels if classes is None else labels[np.isin(labels, list(classes))]
 
 
 def make_synthetic(
@@ -118,6 +148,10 @@ def make_synthetic(
 
 
 IN_MEMORY = ("digits", "synthetic")
+MAX_BATCH_SIZE = 65_536
+MAX_LOADER_WORKERS = 256
+# The synthetic set lives in memory as float32: at most 4 GB of it.
+MAX_SYNTHETIC_VALUES = 10**9
 DataName = Literal["digits", "synthetic", "cifar10", "stanford_cars", "flowers102", "fgvc_aircraft", "oxford_pets",
                    "food101", "imagenet", "imagefolder"]
 
@@ -148,13 +182,32 @@ class DataConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        require(self.batch_size >= 1, f"{key_path(where)}batch_size", "must be at least 1")
-        require(self.image_size is None or self.image_size >= 8, f"{key_path(where)}image_size", "must be at least 8")
-        require(0 < self.val_fraction < 1, f"{key_path(where)}val_fraction", "must be between 0 and 1")
-        require(0 < self.train_fraction <= 1, f"{key_path(where)}train_fraction", "must be in (0, 1]")
-        require(self.num_workers >= 0, f"{key_path(where)}num_workers", "must not be negative")
+        field = key_path(where)
+        require(self.batch_size >= 1, f"{field}batch_size", "must be at least 1")
+        require(self.batch_size <= MAX_BATCH_SIZE, f"{field}batch_size", f"must be at most {MAX_BATCH_SIZE}, got {self.batch_size}")
+        require(self.image_size is None or self.image_size >= 8, f"{field}image_size", "must be at least 8")
+        require(self.image_size is None or self.image_size <= MAX_IMAGE_SIZE, f"{field}image_size",
+                f"must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
+        require(0 < self.val_fraction < 1, f"{field}val_fraction", "must be between 0 and 1")
+        require(0 < self.train_fraction <= 1, f"{field}train_fraction", "must be in (0, 1]")
+        require(0 <= self.num_workers <= MAX_LOADER_WORKERS, f"{field}num_workers",
+                f"must be between 0 and {MAX_LOADER_WORKERS}, got {self.num_workers}")
         require(self.num_train >= 1 and self.num_val >= 1, f"{where}", "num_train and num_val must be positive")
-        require(self.classes is None or self.name == "digits", f"{key_path(where)}classes", "only applies to the digits")
+        require_seed(self.seed, f"{field}seed")
+        require(self.classes is None or self.name == "digits", f"{field}classes", "only applies to the digits")
+        if self.classes is not None:
+            check_digit_classes(self.classes, f"{field}classes")
+        if self.name == "synthetic":
+            require(2 <= self.num_classes <= MAX_CLASSES, f"{field}num_classes",
+                    f"must be between 2 and {MAX_CLASSES}, got {self.num_classes}")
+            require(1 <= self.in_channels <= MAX_IN_CHANNELS, f"{field}in_channels",
+                    f"must be between 1 and {MAX_IN_CHANNELS}, got {self.in_channels}")
+            require(min(self.num_train, self.num_val) >= self.num_classes, where,
+                    f"num_train ({self.num_train}) and num_val ({self.num_val}) must be at least num_classes ({self.num_classes})")
+            values = (self.num_train + self.num_val) * self.in_channels * self.resolved_image_size ** 2
+            require(values <= MAX_SYNTHETIC_VALUES, where,
+                    f"the synthetic set would hold {values:.3g} numbers (at most {MAX_SYNTHETIC_VALUES:.0e}): "
+                    "lower num_train, num_val, in_channels or image_size")
         if self.name in IN_MEMORY:
             require(self.root is None, f"{key_path(where)}root", f"{self.name} needs no root (it is built in memory)")
         else:
@@ -194,12 +247,17 @@ class DataConfig:
                 num_workers=self.num_workers,
             )
         if self.train_fraction < 1:
+            total = len(bundle.train)
             bundle.train = _fixed_subset(bundle.train, self.train_fraction, self.seed)
+            require(len(bundle.train) >= bundle.num_classes, "data.train_fraction",
+                    f"{self.train_fraction} of {total} training samples keeps {len(bundle.train)}, "
+                    f"fewer than the {bundle.num_classes} classes")
         return bundle
 
     def num_classes_and_channels(self) -> tuple[int, int]:
         """(classes, input channels) without loading any image; checks an image root's layout."""
         if self.name == "digits":
+            check_split(_digit_labels(self.classes), self.val_fraction, "data.val_fraction")
             return (len(set(self.classes)) if self.classes else 10), 1
         if self.name == "synthetic":
             return self.num_classes, self.in_channels

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torchvision
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from gmpq_ray.core.config import short_repr
 from gmpq_ray.core.errors import UserInputError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -64,8 +66,21 @@ def _cifar10(root: Path, train: bool, transform: Callable, download: bool) -> Da
     return torchvision.datasets.CIFAR10(root, train=train, transform=transform, download=download)
 
 
+def load_image(path: str) -> Image.Image:
+    """An RGB image from ``path``; a corrupt, truncated or non-image file is a :class:`UserInputError` naming it."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, UnidentifiedImageError):
+            reason = "cannot identify image file"
+        else:
+            reason = short_repr(str(err).splitlines()[0] if str(err).strip() else type(err).__name__)[1:-1]
+        raise UserInputError(f"{path}: not a readable image ({reason})") from None
+
+
 def _image_folder(root: Path, train: bool, transform: Callable, download: bool) -> Dataset:
-    return torchvision.datasets.ImageFolder(str(root / ("train" if train else "val")), transform=transform)
+    return torchvision.datasets.ImageFolder(str(root / ("train" if train else "val")), transform=transform, loader=load_image)
 
 
 _FOLDER_LAYOUT = "expected ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg (the same class folders in both)"

@@ -9,3 +9,17 @@ from __future__ import annotations
 
 class UserInputError(ValueError):
     """A job, search space, policy, path or flag given by the user is invalid."""
+
+
+def one_line(message: str) -> str:
+    """The line of ``message`` that says what is wrong.
+
+    A :class:`UserInputError` raised in a DataLoader or Ray worker comes back with the worker's
+    traceback in its message; its last line is the original ``module.UserInputError: what``.
+    """
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    last = lines[-1]
+    prefix = f"{UserInputError.__module__}.{UserInputError.__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

@@ -22,13 +22,18 @@ from gmpq_ray.core.policy import FULL_PRECISION_BITS, LayerBits, Policy
 from gmpq_ray.core.quantizers import ActivationQuantizer
 
 
-def check_policy_fits(model_name: str, num_classes: int, in_channels: int, cifar_stem: bool, policy: Policy) -> None:
-    """Raise a :class:`UserInputError` unless ``policy`` names exactly the model's layers.
+def check_policy_fits(model_name: str, num_classes: int, in_channels: int, cifar_stem: bool, policy: Policy,
+                      input_size: int | None = None) -> None:
+    """Raise a :class:`UserInputError` unless ``policy`` names exactly the model's layers (and,
+    given ``input_size``, was searched for that deployment resolution, when it says).
 
     Runs on the meta device: no memory, no weights.
     """
     if policy.model != model_name:
         raise UserInputError(f"the policy is for {policy.model!r}, the job's model is {model_name!r}")
+    if input_size is not None and policy.input_size is not None and policy.input_size != input_size:
+        raise UserInputError(f"the policy is for input size {policy.input_size}, the job deploys at {input_size} "
+                             f"(set input_size: {policy.input_size} in the job to count BOPs as the search did)")
     apply_policy(create_model(model_name, num_classes, in_channels, cifar_stem, device="meta"), policy)
 
 

@@ -18,6 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
+from gmpq_ray.core.config import short_repr
 from gmpq_ray.core.errors import UserInputError
 
 
@@ -54,7 +55,7 @@ def model_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UserInputError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise UserInputError(f"unknown model {short_repr(name)}; available: {', '.join(list_models())}") from None
 
 
 def create_model(

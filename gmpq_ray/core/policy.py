@@ -19,6 +19,7 @@ applied. A bitwidth of 32 means "not quantized".
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import key_path
+from gmpq_ray.core.config import MAX_IMAGE_SIZE, key_path, read_text_file, short_repr
 from gmpq_ray.core.errors import UserInputError
 
 POLICY_FORMAT = "gmpq-policy/1"
@@ -37,7 +38,7 @@ MIN_BITS, MAX_BITS = 2, 8
 def check_bits(bits: Any, where: str) -> int:
     """Return ``bits`` as an int if it is 2..8 or 32, else raise naming ``where``."""
     if isinstance(bits, bool) or not isinstance(bits, int):
-        raise UserInputError(f"{where}: bits must be an integer, got {bits!r}")
+        raise UserInputError(f"{where}: bits must be an integer, got {short_repr(bits)}")
     if not (MIN_BITS <= bits <= MAX_BITS or bits == FULL_PRECISION_BITS):
         raise UserInputError(
             f"{where}: bits must be between {MIN_BITS} and {MAX_BITS}, or 32 for full precision; "
@@ -59,10 +60,10 @@ class LayerBits:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> LayerBits:
         if not isinstance(data, Mapping):
-            raise UserInputError(f"{where}: expected a mapping with w_bits and a_bits, got {data!r}")
+            raise UserInputError(f"{where}: expected a mapping with w_bits and a_bits, got {short_repr(data)}")
         unknown = set(data) - {"w_bits", "a_bits"}
         if unknown:
-            raise UserInputError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: w_bits, a_bits")
+            raise UserInputError(f"{where}: unknown key(s) {short_repr(sorted(map(str, unknown)))}; allowed: w_bits, a_bits")
         for key in ("w_bits", "a_bits"):
             if key not in data:
                 raise UserInputError(f"{where}: missing {key}")
@@ -111,9 +112,9 @@ class Policy:
         allowed = {"format", "model", "input_size", "layers", "fixed_layers", "bops"}
         unknown = set(data) - allowed
         if unknown:
-            raise UserInputError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise UserInputError(f"{source}: unknown key(s) {short_repr(sorted(map(str, unknown)))}; allowed: {sorted(allowed)}")
         if data.get("format", POLICY_FORMAT) != POLICY_FORMAT:
-            raise UserInputError(f"{source}: format {data['format']!r} is not {POLICY_FORMAT!r}")
+            raise UserInputError(f"{source}: format {short_repr(data['format'])} is not {POLICY_FORMAT!r}")
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise UserInputError(f"{source}: 'model' must be a model name")
@@ -124,14 +125,16 @@ class Policy:
         if not isinstance(fixed, Mapping):
             raise UserInputError(f"{source}: 'fixed_layers' must be a mapping of layer name to bits")
         input_size = data.get("input_size")
-        if input_size is not None and (not isinstance(input_size, int) or input_size <= 0):
-            raise UserInputError(f"{source}: 'input_size' must be a positive integer")
+        if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                       or not 0 < input_size <= MAX_IMAGE_SIZE):
+            raise UserInputError(f"{source}: 'input_size' must be a positive integer up to {MAX_IMAGE_SIZE}, "
+                                 f"got {short_repr(input_size)}")
         bops = data.get("bops", {})
         if not isinstance(bops, Mapping):
             raise UserInputError(f"{source}: 'bops' must be a mapping")
         for key, value in bops.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserInputError(f"{source}: bops.{key} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise UserInputError(f"{source}: bops.{short_repr(key)[1:-1]} must be a finite number, got {short_repr(value)}")
         return cls(
             model=model,
             layers={str(k): LayerBits.from_dict(v, f"{source}: layers.{k}") for k, v in layers.items()},
@@ -149,6 +152,10 @@ class Policy:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise UserInputError(f"{source}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise UserInputError(f"{source}: not valid JSON (nested too deeply)") from None
+        except OverflowError:  # 1e999999 and kin
+            raise UserInputError(f"{source}: not valid JSON (a number out of range)") from None
         return cls.from_dict(data, source)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -160,7 +167,7 @@ class Policy:
         path = Path(path)
         if not path.is_file():
             raise UserInputError(f"policy file {path} does not exist")
-        return cls.from_json(path.read_text(), source=str(path))
+        return cls.from_json(read_text_file(path, "policy JSON"), source=str(path))
 
     def validate_layers(
         self,

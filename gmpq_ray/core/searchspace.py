@@ -14,13 +14,14 @@ Example ``searchspaces/resnet18.yaml``::
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.config import key_path, load_yaml, parse, require
+from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, load_yaml, parse, require, short_repr
 from gmpq_ray.core.convert import check_fixed_layers
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models import create_model, list_models
@@ -33,20 +34,24 @@ _UNITS = {"": 1e9, "G": 1e9, "M": 1e6, "T": 1e12, "K": 1e3}
 def parse_bops(value: Any, where: str) -> float:
     """BOPs from a number (in G) or a string with a unit: ``15.3``, ``"15.3G"``, ``"33M"``."""
     if isinstance(value, bool):
-        raise UserInputError(f"{where}: expected a BOPs amount such as 15.3 or '33M', got {value!r}")
+        raise UserInputError(f"{where}: expected a BOPs amount such as 15.3 or '33M', got {short_repr(value)}")
     if isinstance(value, (int, float)):
         amount = float(value) * 1e9
     elif isinstance(value, str) and (match := re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([GMTK]?)\s*(?:BOPs)?\s*", value, re.I)):
         amount = float(match.group(1)) * _UNITS[match.group(2).upper()]
     else:
-        raise UserInputError(f"{where}: expected a BOPs amount such as 15.3 (G) or '33M', got {value!r}")
+        raise UserInputError(f"{where}: expected a BOPs amount such as 15.3 (G) or '33M', got {short_repr(value)}")
+    require(math.isfinite(amount), where, f"must be a finite amount, got {short_repr(value)}")
     require(amount > 0, where, "must be positive")
     return amount
 
 
 @dataclass
 class SearchSpace:
-    """What a search may choose, for which architecture, under which budget."""
+    """What a search may choose, for which architecture, under which budget.
+
+    Once parsed, ``w_bits`` and ``a_bits`` are sorted and ``bops_limit`` is in BOPs (a float).
+    """
 
     model: str
     input_size: int
@@ -60,19 +65,22 @@ class SearchSpace:
     fixed_bits: int = 8
 
     def validate(self, where: str) -> None:
-        require(self.model in list_models(), f"{key_path(where)}model", f"unknown model {self.model!r}; available: {list_models()}")
+        require(self.model in list_models(), f"{key_path(where)}model",
+                f"unknown model {short_repr(self.model)}; available: {list_models()}")
         require(self.input_size >= 8, f"{key_path(where)}input_size", f"must be at least 8, got {self.input_size}")
+        require(self.input_size <= MAX_IMAGE_SIZE, f"{key_path(where)}input_size", f"must be at most {MAX_IMAGE_SIZE}, got {self.input_size}")
         require(self.num_classes >= 2, f"{key_path(where)}num_classes", "must be at least 2")
+        require(self.num_classes <= MAX_CLASSES, f"{key_path(where)}num_classes", f"must be at most {MAX_CLASSES}")
         require(self.in_channels >= 1, f"{key_path(where)}in_channels", "must be at least 1")
+        require(self.in_channels <= MAX_IN_CHANNELS, f"{key_path(where)}in_channels", f"must be at most {MAX_IN_CHANNELS}")
         for kind in ("w_bits", "a_bits"):
             bits = getattr(self, kind)
             require(len(bits) >= 1, f"{key_path(where)}{kind}", "needs at least one candidate")
             require(len(set(bits)) == len(bits), f"{key_path(where)}{kind}", f"repeats a candidate: {bits}")
             for i, b in enumerate(bits):
                 require(MIN_BITS <= b <= MAX_BITS, f"{key_path(where)}{kind}[{i}]", f"bits must be between {MIN_BITS} and {MAX_BITS}, got {b}")
-            setattr(self, kind, sorted(bits))
         check_bits(self.fixed_bits, f"{key_path(where)}fixed_bits")
-        self.bops_limit = parse_bops(self.bops_limit, f"{key_path(where)}bops_limit")
+        limit = parse_bops(self.bops_limit, f"{key_path(where)}bops_limit")
         if self.fixed_layers is not None:
             model = create_model(self.model, self.num_classes, self.in_channels, self.cifar_stem, device="meta")
             check_fixed_layers(model, self.fixed_layers, f"{key_path(where)}fixed_layers")
@@ -80,10 +88,15 @@ class SearchSpace:
         require(bool(cost.searched), f"{key_path(where)}fixed_layers", "leaves no layer to search")
         floor = self.smallest_bops()
         require(
-            floor <= self.bops_limit, f"{key_path(where)}bops_limit",
-            f"{self.bops_limit / 1e9:.4g} G is below the smallest policy's {floor / 1e9:.4g} G "
-            f"(every searched layer at {self.w_bits[0]}/{self.a_bits[0]} bits)",
+            floor <= limit, f"{key_path(where)}bops_limit",
+            f"{limit / 1e9:.4g} G is below the smallest policy's {floor / 1e9:.4g} G "
+            f"(every searched layer at {min(self.w_bits)}/{min(self.a_bits)} bits)",
         )
+
+    def normalize(self) -> None:
+        """Sorted bit candidates and ``bops_limit`` in BOPs; called once by :func:`parse`, after :meth:`validate`."""
+        self.bops_limit = parse_bops(self.bops_limit, "bops_limit")
+        self.w_bits, self.a_bits = sorted(self.w_bits), sorted(self.a_bits)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
@@ -107,4 +120,4 @@ class SearchSpace:
 
     def smallest_bops(self) -> int:
         cost = self.cost_model()
-        return policy_searched_bops({n: LayerBits(self.w_bits[0], self.a_bits[0]) for n in cost.searched}, cost.macs)
+        return policy_searched_bops({n: LayerBits(min(self.w_bits), min(self.a_bits)) for n in cost.searched}, cost.macs)

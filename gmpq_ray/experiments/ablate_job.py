@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import key_path, load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, short_repr
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.finetune_job import FinetuneJob
 from gmpq_ray.search.job import Job, parse_job
 
+# Labels become folder names and part of each pair's job name.
+MAX_LABEL_LENGTH = 60
 # Set per pair by the ablation, so a job may not set them under target.finetune.
 _PAIR_FIELDS = ("name", "model", "searchspace", "data", "fp_state_dict", "fixed_bits", "cifar_stem", "input_size")
 
@@ -86,11 +88,16 @@ class AblationConfig:
     resources: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
+        require_name(self.name, f"{key_path(where)}name")
         require(bool(self.architectures), f"{key_path(where)}architectures", "needs at least one architecture")
         require(bool(self.search_datasets), f"{key_path(where)}search_datasets", "needs at least one data set")
         for kind, items in (("architectures", self.architectures), ("search_datasets", self.search_datasets)):
+            for item in items:
+                require(0 < len(item.label) <= MAX_LABEL_LENGTH, f"{key_path(where)}{kind}",
+                        f"a label must have 1 to {MAX_LABEL_LENGTH} characters, got {short_repr(item.label)}")
             labels = [slug(item.label) for item in items]
-            require(len(set(labels)) == len(labels), f"{key_path(where)}{kind}", f"labels must differ (as folder names): {labels}")
+            require(len(set(labels)) == len(labels), f"{key_path(where)}{kind}",
+                    f"labels must differ (as folder names): {short_repr(labels)}")
 
 
 @dataclass

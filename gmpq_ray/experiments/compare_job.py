@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import key_path, load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require, short_repr
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.search.job import Job, SearchConfig, job_to_dict, parse_job
 
 METHODS = ("differentiable", "sampling")
+# Every compared policy is trained once per seed: bounds on what one comparison may ask.
+MAX_SEEDS = 100
+MAX_RANDOM_POLICIES = 1000
 
 
 @dataclass
@@ -48,7 +51,7 @@ class EvaluationConfig:
     lr: float = 0.01
 
     def validate(self, where: str) -> None:
-        require(self.seeds >= 1, f"{key_path(where)}seeds", "must be at least 1")
+        require(1 <= self.seeds <= MAX_SEEDS, f"{key_path(where)}seeds", f"must be between 1 and {MAX_SEEDS}, got {self.seeds}")
         require(self.epochs >= 1, f"{key_path(where)}epochs", "must be at least 1")
         require(self.lr > 0, f"{key_path(where)}lr", "must be positive")
 
@@ -64,9 +67,10 @@ class CompareConfig:
 
     def validate(self, where: str) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
-        require(not unknown, f"{key_path(where)}methods", f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        require(not unknown, f"{key_path(where)}methods", f"unknown method(s) {short_repr(unknown)}; choose from {list(METHODS)}")
         require(bool(self.methods), f"{key_path(where)}methods", "needs at least one method")
-        require(self.random_policies >= 0, f"{key_path(where)}random_policies", "must not be negative")
+        require(0 <= self.random_policies <= MAX_RANDOM_POLICIES, f"{key_path(where)}random_policies",
+                f"must be between 0 and {MAX_RANDOM_POLICIES}, got {self.random_policies}")
 
 
 @dataclass

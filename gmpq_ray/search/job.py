@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gmpq_ray.core.config import key_path, load_yaml, parse, require
+from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, require_seed, short_repr
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.searchspace import SearchSpace
@@ -31,6 +31,10 @@ SEARCH_PARAM_DEFAULTS: dict[str, float] = {
     "kappa": 24.0,
     "weight_decay": 5e-4,
 }
+# What each parameter's values must exceed (learning rates and kappa: > 0), or reach (>= 0: a
+# lambda or the weight decay of 0 switches its term off).
+_POSITIVE_PARAMS = ("lr_weights", "lr_alpha", "kappa")
+_NON_NEGATIVE_PARAMS = ("lambda_attr", "lambda_c", "weight_decay")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class TeacherConfig:
     def validate(self, where: str) -> None:
         require(self.epochs >= 0, f"{key_path(where)}epochs", "must not be negative")
         require(self.lr > 0, f"{key_path(where)}lr", "must be positive")
+        require(self.weight_decay >= 0, f"{key_path(where)}weight_decay", f"must not be negative, got {self.weight_decay}")
         require(self.state_dict is not None or self.epochs >= 1, f"{where}", "give epochs >= 1 or a state_dict")
 
 
@@ -127,9 +132,19 @@ class SearchConfig:
         require(self.bops_warmup_epochs is None or self.bops_warmup_epochs >= 0, f"{key_path(where)}bops_warmup_epochs",
                 "must not be negative")
         require(self.bops_tolerance >= 0, f"{key_path(where)}bops_tolerance", "must not be negative")
+        require(self.arc_weight >= 0, f"{key_path(where)}arc_weight", f"must not be negative, got {self.arc_weight}")
+        require_seed(self.seed, f"{key_path(where)}seed")
         unknown = sorted(set(self.params) - set(SEARCH_PARAM_DEFAULTS))
-        require(not unknown, f"{key_path(where)}params", f"unknown parameter(s) {unknown}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
-        require(self.metric in TRIAL_METRICS, f"{key_path(where)}metric", f"{self.metric!r} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
+        require(not unknown, f"{key_path(where)}params",
+                f"unknown parameter(s) {short_repr(unknown)}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
+        for name, spec in self.params.items():
+            smallest = min(number for number in (spec.value, spec.low, *(spec.choices or [])) if number is not None)
+            if name in _POSITIVE_PARAMS:
+                require(smallest > 0, f"{key_path(where)}params.{name}", f"must be positive, got {smallest}")
+            elif name in _NON_NEGATIVE_PARAMS:
+                require(smallest >= 0, f"{key_path(where)}params.{name}", f"must not be negative, got {smallest}")
+        require(self.metric in TRIAL_METRICS, f"{key_path(where)}metric",
+                f"{short_repr(self.metric)} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
 
         tuned = sorted(name for name, spec in self.resolved_params().items() if spec.value is None)
         # Sampling points name per-layer bits: checked against the search space in parse_job.
@@ -178,8 +193,7 @@ class Job:
     base_dir: str = field(default=".", init=False)
 
     def validate(self, where: str) -> None:
-        require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{key_path(where)}name",
-                "must be letters, digits, '-' or '_'")
+        require_name(self.name, f"{key_path(where)}name")
 
     @property
     def space(self) -> SearchSpace:
