@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import ray
@@ -38,9 +39,15 @@ def start_ray(address: str | None) -> bool:
         return False
     if address not in (None, "auto", "local"):
         check_reachable(address)
+    if address is None:
+        # The embedded Ray keeps token authentication on (README, "On a cluster"); Ray's notice of
+        # it would be the only line before a one-line error.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         # No dashboard unless a user starts one; Ray keeps token authentication on.
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        # Ray's INFO lines ("Started a local Ray instance.") only for a cluster the user named.
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 logging_level=logging.WARNING if address is None else logging.INFO)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UserInputError(f"--address {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0][:200]})") from None
     return True
