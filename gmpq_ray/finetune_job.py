@@ -25,7 +25,7 @@ from typing import Any
 from gmpq_ray.core.config import key_path, load_yaml, parse, require
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import list_models
+from gmpq_ray.core.models import model_entry
 from gmpq_ray.core.policy import LayerBits, check_bits
 from gmpq_ray.core.searchspace import SearchSpace
 
@@ -65,8 +65,11 @@ class FinetuneJob:
         require(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), f"{key_path(where)}name",
                 "must be letters, digits, '-' or '_'")
         require((self.model is None) != (self.searchspace is None), where, "give either model or searchspace (not both)")
-        require(self.model is None or self.model in list_models(), f"{key_path(where)}model",
-                f"unknown model {self.model!r}; available: {list_models()}")
+        if self.model is not None:
+            try:
+                model_entry(self.model)
+            except UserInputError as err:
+                raise UserInputError(f"{key_path(where)}model: {err}") from None
         check_bits(self.fixed_bits, f"{key_path(where)}fixed_bits")
         require(self.num_classes is None or self.num_classes >= 2, f"{key_path(where)}num_classes", "must be at least 2")
         require(self.input_size is None or self.input_size >= 8, f"{key_path(where)}input_size", "must be at least 8")

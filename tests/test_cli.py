@@ -190,3 +190,11 @@ def test_sharded_trials_need_the_differentiable_method(tmp_path, capsys):
 def test_bops_of_a_malformed_policy_file(tmp_path, capsys):
     (tmp_path / "p.json").write_text("{\"layers\": ")
     assert_refused(capsys, ["bops", "digits_cnn", "--input-size", "16", "--policy", str(tmp_path / "p.json")], "not valid JSON")
+
+
+def test_bops_of_a_timm_model(capsys):
+    pytest.importorskip("timm")
+    code, out, _ = run_cli(capsys, "bops", "timm:resnet18", "--input-size", "224", "--uniform", "4", "4", "--fixed-bits", "8")
+    assert code == 0 and "searched layers (19): 27.13 G" in out  # the same MACs as torchvision's resnet18
+    assert_refused(capsys, ["bops", "timm:vit_tiny_patch16_224", "--input-size", "224", "--uniform", "4", "4"],
+                   "has no convolution to search")
