@@ -27,6 +27,7 @@ from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models import model_entry
 from gmpq_ray.core.policy import LayerBits, check_bits
+from gmpq_ray.core.pretrained import is_weights_name
 from gmpq_ray.core.searchspace import SearchSpace
 
 # Fields a resumed run may change: how long it runs and on what, not what it computes.
@@ -116,10 +117,11 @@ def load_finetune_job(path: str | Path) -> FinetuneJob:
         space = SearchSpace.load(space_path)
         job.model, job.searchspace, job.fixed_bits = space.model, None, space.fixed_bits
         job.input_size = job.input_size or space.input_size
-    fp_state = (base / Path(job.fp_state_dict).expanduser()).resolve()
-    if not fp_state.is_file():
-        raise UserInputError(f"{path}: fp_state_dict {fp_state} does not exist")
-    job.fp_state_dict = str(fp_state)
+    if not is_weights_name(job.fp_state_dict):
+        fp_state = (base / Path(job.fp_state_dict).expanduser()).resolve()
+        if not fp_state.is_file():
+            raise UserInputError(f"{path}: fp_state_dict {fp_state} does not exist")
+        job.fp_state_dict = str(fp_state)
     job.data.resolve_paths(base)
     return job
 

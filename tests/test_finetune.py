@@ -199,3 +199,15 @@ def test_gpu_recipe_runs_and_agrees_with_float32():
     run_epoch(model, [(images, labels)], loss, [torch.optim.SGD(model.parameters(), lr=0.01)])
     metrics = topk_metrics(topk_sums(model, [(images, labels)], loss))
     assert 0 <= metrics["top1"] <= metrics["top5"] == 1.0
+
+
+def test_offline_fp_weights_by_name(setup, tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    policy_path, _ = setup
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    job = write_finetune_job(tmp_path, tmp_path / "data", "torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    line = refused(capsys, "finetune", str(policy_path), str(job), "--output", str(tmp_path / "o"))
+    assert "could not be downloaded, offline?" in line and "give its path as fp_state_dict" in line
+    assert not (tmp_path / "o").exists()

@@ -32,6 +32,7 @@ from gmpq_ray.core.complexity import format_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.pretrained import is_weights_name, load_matching, read_state_dict
 from gmpq_ray.core.training import train_classifier
 from gmpq_ray.report.figures import plot_policy
 from gmpq_ray.search.job import Job, ParamSpec, job_to_dict, load_job
@@ -85,21 +86,32 @@ def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
-def load_teacher_state(job: Job, num_classes: int, in_channels: int) -> dict[str, torch.Tensor] | None:
-    """The teacher's state dict from ``teacher.state_dict``, checked against the model (or None)."""
+def load_teacher_state(job: Job, num_classes: int, in_channels: int) -> tuple[dict[str, torch.Tensor] | None, bool]:
+    """The teacher's state dict from ``teacher.state_dict`` (or None), and whether it still needs training.
+
+    A file must match the model and is the teacher as it is. Pretrained weights by name
+    (``torchvision:...``, ``timm:...``) load where names and shapes fit; a layer they do not
+    fit (the classifier of another number of classes, a CIFAR stem) starts fresh, and then the
+    teacher trains ``teacher.epochs`` epochs from those weights.
+    """
     if job.teacher.state_dict is None:
-        return None
+        return None, False
     path = job.teacher.state_dict
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
-        raise UserInputError(f"teacher.state_dict {path}: not a loadable PyTorch state dict ({type(err).__name__})") from None
+    state = read_state_dict(path, "teacher.state_dict")
     model = create_model(job.space.model, num_classes, in_channels, job.space.cifar_stem)
+    if is_weights_name(path):
+        fresh = load_matching(model, state)
+        if len(fresh) == len(model.state_dict()):
+            raise UserInputError(f"teacher.state_dict {path}: none of its weights fit {job.space.model}")
+        if fresh and job.teacher.epochs < 1:
+            raise UserInputError(f"teacher.state_dict {path}: {', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''} do not fit "
+                                 f"{job.space.model} on this data; set teacher.epochs >= 1 to train the teacher from these weights")
+        return model.state_dict(), bool(fresh)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise UserInputError(f"teacher.state_dict {path}: does not match {job.space.model} ({str(err).splitlines()[0]})") from None
-    return model.state_dict()
+    return model.state_dict(), False
 
 
 def start_ray(address: str | None) -> bool:
@@ -183,6 +195,7 @@ def run_search(
         if job is not None:
             raise UserInputError("give either a job file or --resume DIR, not both (a run folder keeps its job)")
         out, job, teacher_state = _open_run_to_resume(output_dir)
+        teacher_needs_training = False
     else:
         if job is None:
             raise UserInputError("give a job file (or --resume DIR to continue a search)")
@@ -190,7 +203,7 @@ def run_search(
             job = load_job(job)
         out = prepare_output_dir(output_dir, overwrite)
         data = job.data.load()
-        teacher_state = load_teacher_state(job, data.num_classes, data.in_channels)
+        teacher_state, teacher_needs_training = load_teacher_state(job, data.num_classes, data.in_channels)
         # Validation is over: from here on the folder is ours.
         if out.exists() and overwrite:
             shutil.rmtree(out)
@@ -200,8 +213,8 @@ def run_search(
     space = job.space
     log(f"search space: {space.model}, w_bits {space.w_bits}, a_bits {space.a_bits}, "
         f"limit {format_bops(space.bops_limit)} (searched layers at {space.input_size}x{space.input_size})")
-    if teacher_state is None:
-        teacher_state = train_teacher(job, progress, log)
+    if teacher_state is None or teacher_needs_training:
+        teacher_state = train_teacher(job, progress, log, initial_state=teacher_state)
     save_atomic(teacher_state, out / TEACHER_FILE)
 
     started_ray = start_ray(address)
@@ -244,11 +257,14 @@ def _open_run_to_resume(output_dir: str | Path) -> tuple[Path, Job, dict[str, to
     return out, job, teacher_state
 
 
-def train_teacher(job: Job, progress: bool, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """Train the FP teacher on the job's small data set; returns its state dict on the CPU."""
+def train_teacher(job: Job, progress: bool, log: Callable[[str], None],
+                  initial_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Train the FP teacher on the job's small data set (from ``initial_state`` if given); returns its state dict on the CPU."""
     space = job.space
     data = job.data.load()
     teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
+    if initial_state is not None:
+        teacher.load_state_dict(initial_state)
     train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
     torch.manual_seed(job.search.seed)
     train_classifier(teacher, train_loader, val_loader, job.teacher.epochs, job.teacher.lr,
