@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from gmpq_ray.core.errors import UserInputError
 
 T = TypeVar("T")
@@ -32,6 +30,8 @@ def key_path(where: str) -> str:
 
 def load_yaml(path: str | Path) -> Any:
     """``yaml.safe_load`` of a file, with clear errors for a missing or malformed file."""
+    import yaml  # here: the rest of core needs PyTorch only
+
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: file not found")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -62,6 +61,8 @@ def load_digits(
             for a "small" data set against all ten.
         split_seed: the split is stratified and fixed by this seed.
     """
+    # Imported here: the rest of core (and benchmarks/gpu_check.py) needs PyTorch only.
+    import numpy as np
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
@@ -82,7 +83,7 @@ def load_digits(
         images, labels, test_size=val_fraction, stratify=labels, random_state=split_seed
     )
 
-    def to_tensor(x: np.ndarray) -> torch.Tensor:
+    def to_tensor(x: np.ndarray) -> torch.Tensor:  # noqa: F821 - annotations are not evaluated
         t = torch.from_numpy(x)[:, None]
         return F.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False)
 
