@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.timm_models import TIMM_PREFIX
 
 TORCHVISION_PREFIX = "torchvision:"
-TIMM_PREFIX = "timm:"
 
 
 def is_weights_name(source: str | None) -> bool:

@@ -27,10 +27,6 @@ TIMM_PREFIX = "timm:"
 _AVERAGE_POOLS = {"avg", "fast", "fastavg"}
 
 
-def is_timm_name(name: str) -> bool:
-    return name.startswith(TIMM_PREFIX)
-
-
 def import_timm(purpose: str) -> ModuleType:
     """timm, or a :class:`UserInputError` saying how to install it."""
     try:
