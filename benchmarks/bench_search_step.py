@@ -119,15 +119,19 @@ def cuda_peak_bytes(variant: Variant, images, labels) -> int:
     return torch.cuda.max_memory_allocated(variant.device)
 
 
-def main() -> None:
-    args = parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    kernels = args.kernels or (["eager", "compiled"] if compiler_available(device) else ["eager"])
-    autocast = device.type == "cuda" if args.bf16 is None else args.bf16
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA where there is one, else the CPU."""
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def run_variants(args: argparse.Namespace, device: torch.device, kernels: list[str], autocast: bool,
+                 channels_last: bool) -> list[Variant]:
+    """Build the variants ``args.variants`` asks for, measure each one's memory, then time them interleaved.
+
+    ``args`` needs the fields of :func:`parse_args` that describe the network and the timing
+    (model, cifar_stem, batch_size, image_size, num_classes, bits, rounds, warmup, variants,
+    teacher_precision); ``benchmarks/gpu_check.py`` calls this too.
+    """
     torch.manual_seed(0)
 
     data = make_synthetic(num_train=args.batch_size * 4, num_val=8, num_classes=args.num_classes,
@@ -178,6 +182,18 @@ def main() -> None:
     for _ in range(args.rounds):  # interleaved, so drifts in machine load hit every variant alike
         for variant in variants:
             variant.timed_step(images, labels)
+    return variants
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kernels = args.kernels or (["eager", "compiled"] if compiler_available(device) else ["eager"])
+    autocast = device.type == "cuda" if args.bf16 is None else args.bf16
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    variants = run_variants(args, device, kernels, autocast, channels_last)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model}{' (CIFAR stem)' if args.cifar_stem else ''}, batch {args.batch_size}, "

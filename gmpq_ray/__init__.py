@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from gmpq_ray._versions import require_supported_environment
+
+require_supported_environment()
+
 __version__ = "0.1.0"
 __all__ = ["finetune", "search", "__version__"]
 

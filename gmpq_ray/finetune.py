@@ -33,6 +33,7 @@ from gmpq_ray.core.errors import UserInputError, one_line
 from gmpq_ray.core.finetuning import check_policy_fits, load_fp_weights
 from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.pretrained import local_path, read_state_dict
 from gmpq_ray.finetune_job import FinetuneJob, job_to_dict, load_finetune_job
 from gmpq_ray.finetune_run import (
     FINAL_FILE,
@@ -95,7 +96,7 @@ def finetune(
     cost = CostModel.for_model(job.model, job.deployment_input_size(), num_classes, in_channels, job.cifar_stem,
                                list(policy.fixed_layers) or None)
     bops = cost.policy_bops(policy, job.fixed)
-    out = check_output(output_dir, policy, job, overwrite, resume, inputs=[policy_path, job_path, job.fp_state_dict, job.data.root])
+    out = check_output(output_dir, policy, job, overwrite, resume, inputs=[policy_path, job_path, local_path(job.fp_state_dict), job.data.root])
     started_ray = start_ray(address)
     try:
         _check_resources(job, address)
@@ -136,12 +137,7 @@ def _check_model_inputs(job: FinetuneJob, policy: Policy) -> tuple[int, int]:
 
 
 def _load_fp_state(job: FinetuneJob, num_classes: int, in_channels: int) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(job.fp_state_dict, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
-        raise UserInputError(f"fp_state_dict {job.fp_state_dict}: not a loadable PyTorch state dict ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise UserInputError(f"fp_state_dict {job.fp_state_dict}: holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(job.fp_state_dict, "fp_state_dict")  # a file, or pretrained weights by name
     model = create_model(job.model, num_classes, in_channels, job.cifar_stem)
     load_fp_weights(model, state, f"fp_state_dict {job.fp_state_dict}")
     return state

@@ -31,12 +31,12 @@ from gmpq_ray.core.config import (
     require,
     require_name,
     require_seed,
-    short_repr,
 )
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import list_models
+from gmpq_ray.core.models import model_entry
 from gmpq_ray.core.policy import LayerBits, check_bits
+from gmpq_ray.core.pretrained import is_weights_name
 from gmpq_ray.core.searchspace import SearchSpace
 
 # Fields a resumed run may change: how long it runs and on what, not what it computes.
@@ -74,8 +74,11 @@ class FinetuneJob:
     def validate(self, where: str) -> None:
         require_name(self.name, f"{key_path(where)}name")
         require((self.model is None) != (self.searchspace is None), where, "give either model or searchspace (not both)")
-        require(self.model is None or self.model in list_models(), f"{key_path(where)}model",
-                f"unknown model {short_repr(self.model)}; available: {list_models()}")
+        if self.model is not None:
+            try:
+                model_entry(self.model)
+            except UserInputError as err:
+                raise UserInputError(f"{key_path(where)}model: {err}") from None
         check_bits(self.fixed_bits, f"{key_path(where)}fixed_bits")
         require(self.num_classes is None or self.num_classes >= 2, f"{key_path(where)}num_classes", "must be at least 2")
         require(self.num_classes is None or self.num_classes <= MAX_CLASSES, f"{key_path(where)}num_classes",
@@ -127,10 +130,11 @@ def load_finetune_job(path: str | Path) -> FinetuneJob:
         space = SearchSpace.load(space_path)
         job.model, job.searchspace, job.fixed_bits = space.model, None, space.fixed_bits
         job.input_size = job.input_size or space.input_size
-    fp_state = (base / Path(job.fp_state_dict).expanduser()).resolve()
-    if not fp_state.is_file():
-        raise UserInputError(f"{path}: fp_state_dict {fp_state} does not exist")
-    job.fp_state_dict = str(fp_state)
+    if not is_weights_name(job.fp_state_dict):
+        fp_state = (base / Path(job.fp_state_dict).expanduser()).resolve()
+        if not fp_state.is_file():
+            raise UserInputError(f"{path}: fp_state_dict {fp_state} does not exist")
+        job.fp_state_dict = str(fp_state)
     job.data.resolve_paths(base)
     return job
 

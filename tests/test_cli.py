@@ -190,3 +190,23 @@ def test_sharded_trials_need_the_differentiable_method(tmp_path, capsys):
 def test_bops_of_a_malformed_policy_file(tmp_path, capsys):
     (tmp_path / "p.json").write_text("{\"layers\": ")
     assert_refused(capsys, ["bops", "digits_cnn", "--input-size", "16", "--policy", str(tmp_path / "p.json")], "not valid JSON")
+
+
+def test_bops_of_a_timm_model(capsys):
+    pytest.importorskip("timm")
+    code, out, _ = run_cli(capsys, "bops", "timm:resnet18", "--input-size", "224", "--uniform", "4", "4", "--fixed-bits", "8")
+    assert code == 0 and "searched layers (19): 27.13 G" in out  # the same MACs as torchvision's resnet18
+    assert_refused(capsys, ["bops", "timm:vit_tiny_patch16_224", "--input-size", "224", "--uniform", "4", "4"],
+                   "has no convolution to search")
+
+
+def test_offline_pretrained_teacher(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    job = write_job(tmp_path, teacher__state_dict="torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    line = assert_refused(capsys, ["search", str(job), "--output", str(tmp_path / "o")], "could not be downloaded, offline?", tmp_path / "o")
+    assert "give its path as teacher.state_dict" in line

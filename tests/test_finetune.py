@@ -243,3 +243,15 @@ def test_ctrl_c_ends_a_finetune_resumably(tmp_path):
     assert not (out / "final_metrics.json").exists()
     result = gmpq_ray.finetune(policy_path, job, out, resume=True, log=lambda _: None)
     assert result.finished and list(result.history.epoch) == [1, 2, 3, 4]
+
+
+def test_offline_fp_weights_by_name(setup, tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    policy_path, _ = setup
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    job = write_finetune_job(tmp_path, tmp_path / "data", "torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    line = refused(capsys, "finetune", str(policy_path), str(job), "--output", str(tmp_path / "o"))
+    assert "could not be downloaded, offline?" in line and "give its path as fp_state_dict" in line
+    assert not (tmp_path / "o").exists()

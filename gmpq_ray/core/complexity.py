@@ -40,7 +40,8 @@ def module_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=32)
 def _deployment_macs(model_name: str, input_size: int, num_classes: int, in_channels: int, cifar_stem: bool) -> tuple:
-    model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, cifar_stem=cifar_stem, device="meta")
+    # eval: a batch of one reaches 1x1 maps at small sizes, which batch norm refuses in training mode.
+    model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, cifar_stem=cifar_stem, device="meta").eval()
     macs = module_macs(model, (in_channels, input_size, input_size))
     convs = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
     return tuple(macs.items()), tuple(default_fixed_layers(model)), convs

@@ -12,13 +12,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+if TYPE_CHECKING:
+    import numpy as np
 from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, require, require_seed, short_repr
 from gmpq_ray.core.datasets import DATASETS, build_split, num_classes_of
 from gmpq_ray.core.errors import UserInputError
@@ -63,6 +64,8 @@ def load_digits(
             for a "small" data set against all ten.
         split_seed: the split is stratified and fixed by this seed.
     """
+    # Imported here: the rest of core (and benchmarks/gpu_check.py) needs PyTorch only.
+    import numpy as np
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
@@ -83,7 +86,7 @@ def load_digits(
         images, labels, test_size=val_fraction, stratify=labels, random_state=split_seed
     )
 
-    def to_tensor(x: np.ndarray) -> torch.Tensor:
+    def to_tensor(x: np.ndarray) -> torch.Tensor:  # noqa: F821 - annotations are not evaluated
         t = torch.from_numpy(x)[:, None]
         return F.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False)
 
@@ -112,6 +115,8 @@ def check_split(labels: np.ndarray, val_fraction: float, where: str) -> None:
     The counts are those of ``sklearn.model_selection.train_test_split`` (validation: the
     fraction rounded up).
     """
+    import numpy as np  # here: the rest of core needs PyTorch only
+
     total, classes = len(labels), len(np.unique(labels))
     num_val = math.ceil(val_fraction * total)
     num_train = total - num_val
@@ -121,6 +126,7 @@ def check_split(labels: np.ndarray, val_fraction: float, where: str) -> None:
 
 
 def _digit_labels(classes: Sequence[int] | None) -> np.ndarray:
+    import numpy as np
     from sklearn.datasets import load_digits as sklearn_digits
 
     labels = sklearn_digits().target

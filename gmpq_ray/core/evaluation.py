@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmpq_ray.core.attribution import FeatureTap, attribution_rank_consistency, class_activation_map
+from gmpq_ray.core.attribution import FeatureTap, attribution_rank_consistency, class_activation_map, gradcam_map
+from gmpq_ray.core.models import model_entry
 
 
 @dataclass
@@ -31,11 +32,14 @@ def evaluate_with_arc(
 ) -> Evaluation:
     """Accuracy of ``model`` and its ARC (Spearman of attribution maps) against ``teacher``.
 
-    The maps are taken for the ground-truth class of each image.
+    The maps are taken for the ground-truth class of each image: the class activation map, or
+    Grad-CAM of the head where it is not average pooling then the classifier (``cam_head``).
     """
     model.eval()
     teacher.eval()
-    student_tap, teacher_tap = FeatureTap(model, model_name), FeatureTap(teacher, model_name)
+    closed_form = model_entry(model_name).cam_head
+    student_tap = FeatureTap(model, model_name, leaf=not closed_form)
+    teacher_tap = FeatureTap(teacher, model_name, leaf=not closed_form)
     try:
         loss_sum = torch.zeros((), device=device)
         arc_sum = torch.zeros((), device=device)
@@ -43,10 +47,14 @@ def evaluate_with_arc(
         samples = 0
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
-            logits = model(images)
-            teacher(images)
-            student_maps = student_tap.class_activation_map(labels)
-            teacher_maps = class_activation_map(teacher_tap.features, teacher_tap.classifier_weight(), labels)
+            if closed_form:
+                logits = model(images)
+                teacher(images)
+                student_maps = student_tap.class_activation_map(labels)
+                teacher_maps = class_activation_map(teacher_tap.features, teacher_tap.classifier_weight(), labels)
+            else:
+                student_maps, logits = _gradcam(model, student_tap, images, labels)
+                teacher_maps, _ = _gradcam(teacher, teacher_tap, images, labels)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             arc_sum += attribution_rank_consistency(student_maps, teacher_maps) * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
@@ -56,3 +64,11 @@ def evaluate_with_arc(
         teacher_tap.remove()
     n = max(samples, 1)
     return Evaluation(float(loss_sum) / n, float(correct) / n, float(arc_sum) / n)
+
+
+def _gradcam(model: nn.Module, tap: FeatureTap, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM through the head only: the leaf tap cuts the graph at the feature map."""
+    with torch.enable_grad():
+        logits = model(images)
+        maps = gradcam_map(tap.features, logits, labels, create_graph=False)
+    return maps.detach(), logits.detach()

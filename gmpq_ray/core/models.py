@@ -30,6 +30,9 @@ class ModelEntry:
     build: Callable[..., nn.Module]
     feature_module: str
     classifier: str
+    # Whether the head is global average pooling then the classifier only: then the
+    # closed-form class activation map is the attribution; otherwise Grad-CAM by autograd.
+    cam_head: bool = True
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -51,11 +54,19 @@ def list_models() -> list[str]:
 
 
 def model_entry(name: str) -> ModelEntry:
-    """The registry entry of ``name``; raises a :class:`UserInputError` naming the choices."""
+    """The registry entry of ``name``; raises a :class:`UserInputError` naming the choices.
+
+    ``timm:<name>`` (``timm:efficientnet_b0``) is any timm CNN, read through timm's own
+    interface (:mod:`gmpq_ray.core.timm_models`; timm is imported only then).
+    """
+    if name.startswith("timm:"):
+        from gmpq_ray.core.timm_models import timm_entry
+
+        return timm_entry(name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UserInputError(f"unknown model {short_repr(name)}; available: {', '.join(list_models())}") from None
+        raise UserInputError(f"unknown model {short_repr(name)}; available: {', '.join(list_models())}, or timm:<name>") from None
 
 
 def create_model(

@@ -11,6 +11,7 @@ from torch import nn
 from gmpq_ray.core.attribution import FeatureTap, capacity_exponent, class_activation_map, gradcam_map, imitation_loss
 from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.convert import supernet_layers
+from gmpq_ray.core.models import model_entry
 from gmpq_ray.core.teacher import TeacherPrecision, inference_teacher
 
 AttributionPath = Literal["closed_form", "autograd"]
@@ -32,7 +33,9 @@ class GMPQObjective:
         cost: the deployment cost model.
         bops_limit: the searched-layer BOPs budget.
         attribution: ``"closed_form"`` (class activation map) or ``"autograd"`` (Grad-CAM with a
-            second backward pass, as the reference code).
+            second backward pass, as the reference code). A model whose head is not global
+            average pooling then the classifier (``ModelEntry.cam_head``, e.g. timm's MobileNetV3)
+            has no closed form and always takes the autograd path.
         teacher_precision: ``"auto"`` (bf16 where native), ``"fp32"`` or ``"bf16"``: the
             precision of the teacher's forward pass only.
 
@@ -57,6 +60,8 @@ class GMPQObjective:
     ) -> None:
         if attribution not in ("closed_form", "autograd"):
             raise ValueError(f"attribution must be 'closed_form' or 'autograd', got {attribution!r}")
+        if not model_entry(model_name).cam_head:
+            attribution = "autograd"
         self.teacher = inference_teacher(teacher, teacher_precision)
         self.student_tap = FeatureTap(student, model_name)
         self.teacher_tap = FeatureTap(self.teacher, model_name, leaf=attribution == "autograd")

@@ -24,7 +24,7 @@ from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, load_yaml, parse, require, short_repr
 from gmpq_ray.core.convert import check_fixed_layers
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model, list_models
+from gmpq_ray.core.models import create_model, model_entry
 from gmpq_ray.core.policy import MAX_BITS, MIN_BITS, LayerBits, check_bits
 from gmpq_ray.core.repair import policy_searched_bops
 
@@ -65,8 +65,10 @@ class SearchSpace:
     fixed_bits: int = 8
 
     def validate(self, where: str) -> None:
-        require(self.model in list_models(), f"{key_path(where)}model",
-                f"unknown model {short_repr(self.model)}; available: {list_models()}")
+        try:
+            model_entry(self.model)
+        except UserInputError as err:
+            raise UserInputError(f"{key_path(where)}model: {err}") from None
         require(self.input_size >= 8, f"{key_path(where)}input_size", f"must be at least 8, got {self.input_size}")
         require(self.input_size <= MAX_IMAGE_SIZE, f"{key_path(where)}input_size", f"must be at most {MAX_IMAGE_SIZE}, got {self.input_size}")
         require(self.num_classes >= 2, f"{key_path(where)}num_classes", "must be at least 2")

@@ -78,7 +78,7 @@ def fold_batch_norms(model: nn.Module) -> int:
     Pairs are read from the traced data flow (``torch.fx``), not from the order modules were
     registered in: a convolution whose output goes only to a batch norm with running
     statistics. The folded convolution replaces the convolution and an ``nn.Identity`` the
-    batch norm, so module names (and hooks registered afterwards) stay where they were. A model
+    batch norm (timm's ``BatchNormAct2d`` leaves its activation behind instead), so module names (and hooks registered afterwards) stay where they were. A model
     that does not trace is left as it is. Returns the number of folded pairs.
 
     Example:
@@ -89,7 +89,7 @@ def fold_batch_norms(model: nn.Module) -> int:
     if model.training:
         raise ValueError("fold_batch_norms needs a model in eval mode (its batch norms use running statistics)")
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _NormLeafTracer().trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure only means no folding
         return 0
     modules = dict(model.named_modules())
@@ -110,8 +110,23 @@ def fold_batch_norms(model: nn.Module) -> int:
             pairs.append((source.target, node.target))
     for conv_name, norm_name in pairs:
         _replace(model, conv_name, fuse_conv_bn_eval(modules[conv_name], modules[norm_name]))
-        _replace(model, norm_name, nn.Identity())
+        _replace(model, norm_name, _after_norm(modules[norm_name]))
     return len(pairs)
+
+
+class _NormLeafTracer(torch.fx.Tracer):
+    """Traces batch norms as modules even where a library subclasses them (timm's ``BatchNormAct2d``)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, _NORMS) or super().is_leaf_module(module, qualified_name)
+
+
+def _after_norm(norm: nn.Module) -> nn.Module:
+    """What stays of a folded batch norm: nothing, or the dropout and activation that timm's
+    norm-act layers (``BatchNormAct2d``: norm, then ``drop``, then ``act``) apply after it."""
+    if isinstance(getattr(norm, "act", None), nn.Module) and isinstance(getattr(norm, "drop", None), nn.Module):
+        return nn.Sequential(norm.drop, norm.act)
+    return nn.Identity()
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -56,6 +55,8 @@ def run_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     samples = 0
     start = time.perf_counter()
+    from tqdm.auto import tqdm  # here: the rest of core needs PyTorch only
+
     for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)

@@ -31,6 +31,7 @@ from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.finetuning import QATLoss, load_fp_weights, topk_metrics, topk_sums
 from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.pretrained import is_weights_name, local_path, read_state_dict
 from gmpq_ray.core.training import train_classifier
 from gmpq_ray.experiments.ablate_job import AblationJob, ArchitectureConfig, Pair, load_ablation_job, slug
 from gmpq_ray.finetune import FINAL_FILE, finetune, latest_checkpoint
@@ -118,7 +119,7 @@ def _prepare(job: AblationJob, output_dir, overwrite: bool, resume: bool, job_pa
             raise UserInputError(f"--resume: {out} is not an ablation run folder (no {JOB_COPY})")
         return out
     inputs = [job_path, job.config.target.data.root, *(pair.search.data.root for pair in job.pairs),
-              *(arch.fp_state_dict for arch in job.config.architectures)]
+              *(local_path(arch.fp_state_dict) for arch in job.config.architectures)]
     return check_new_output(output_dir, RUN_KIND, overwrite, inputs)
 
 
@@ -130,11 +131,7 @@ def _write_job_copy(job: AblationJob, job_path: Path | None, out: Path) -> None:
 
 
 def _check_fp_state(arch: ArchitectureConfig, model_name: str, num_classes: int, in_channels: int) -> None:
-    try:
-        state = torch.load(arch.fp_state_dict, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
-        raise UserInputError(f"architectures[{arch.label}].fp_state_dict {arch.fp_state_dict}: not a loadable "
-                             f"PyTorch state dict ({type(err).__name__})") from None
+    state = read_state_dict(arch.fp_state_dict, f"architectures[{arch.label}].fp_state_dict")
     load_fp_weights(create_model(model_name, num_classes, in_channels), state,
                     f"architectures[{arch.label}].fp_state_dict {arch.fp_state_dict}")
 
@@ -171,9 +168,12 @@ def _task_resources(job: FinetuneJob) -> dict[str, float]:
 
 def _fp_weights(job: AblationJob, arch: ArchitectureConfig, finetune_job: FinetuneJob, folder: Path, log) -> Path:
     """The architecture's FP weights on the target: given, kept from an earlier run, or trained now."""
-    if arch.fp_state_dict is not None:
+    if arch.fp_state_dict is not None and not is_weights_name(arch.fp_state_dict):
         return Path(arch.fp_state_dict)
     path = folder / FP_STATE
+    if arch.fp_state_dict is not None and not path.is_file():  # pretrained by name: a file for the workers
+        folder.mkdir(parents=True, exist_ok=True)
+        save_atomic(read_state_dict(arch.fp_state_dict, f"architectures[{arch.label}].fp_state_dict"), path)
     if not path.is_file():
         target = job.config.target
         log(f"== {arch.label}: training the FP model on the target ({target.fp_epochs} epochs) ==")

@@ -33,6 +33,7 @@ from typing import Any
 from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, short_repr
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.pretrained import is_weights_name
 from gmpq_ray.finetune_job import FinetuneJob
 from gmpq_ray.search.job import Job, parse_job
 
@@ -140,12 +141,12 @@ def load_ablation_job(path: str | Path) -> AblationJob:
     pairs = []
     for arch in config.architectures:
         where = f"{path}: architectures[{arch.label}]"
-        if arch.fp_state_dict is not None:
+        if arch.fp_state_dict is not None and not is_weights_name(arch.fp_state_dict):
             fp_path = (base / Path(arch.fp_state_dict).expanduser()).resolve()
             if not fp_path.is_file():
                 raise UserInputError(f"{key_path(where)}fp_state_dict {fp_path} does not exist")
             arch.fp_state_dict = str(fp_path)
-        elif config.target.fp_epochs < 1:
+        elif arch.fp_state_dict is None and config.target.fp_epochs < 1:
             raise UserInputError(f"{where}: give fp_state_dict (FP weights on the target) or target.fp_epochs >= 1")
         for dataset in config.search_datasets:
             dataset.data.resolve_paths(base)

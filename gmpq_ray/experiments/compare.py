@@ -22,6 +22,7 @@ import torch
 
 from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.pretrained import local_path
 from gmpq_ray.core.qat import QATConfig, evaluate_policy
 from gmpq_ray.experiments.baselines import best_uniform_policy, random_feasible_policies
 from gmpq_ray.experiments.compare_job import CompareJob, load_compare_job
@@ -55,7 +56,7 @@ def run_compare(
     """Run the comparison job and write its table and figure; returns the table."""
     if not isinstance(job, CompareJob):
         job = load_compare_job(job)
-    out = check_new_output(output_dir, RUN_KIND, overwrite, inputs=[job.base.data.root, job.base.teacher.state_dict])
+    out = check_new_output(output_dir, RUN_KIND, overwrite, inputs=[job.base.data.root, local_path(job.base.teacher.state_dict)])
     data = job.base.data.load()  # fail on bad data before the folder is made
 
     started_ray = start_ray(address)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, require_seed, short_repr
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.pretrained import is_weights_name
 from gmpq_ray.core.searchspace import SearchSpace
 from gmpq_ray.core.teacher import TeacherPrecision
 from gmpq_ray.search.metrics import TRIAL_METRICS
@@ -231,7 +232,7 @@ def parse_job(raw: Any, path: Path) -> Job:
     job.base_dir = str(base)
     job.searchspace = _load_space(job.searchspace, base, f"{path}: searchspace")
     job.data.resolve_paths(base)
-    if job.teacher.state_dict is not None:
+    if job.teacher.state_dict is not None and not is_weights_name(job.teacher.state_dict):
         state = (base / job.teacher.state_dict).resolve()
         if not state.is_file():
             raise UserInputError(f"{path}: teacher.state_dict {state} does not exist")

@@ -32,6 +32,7 @@ from gmpq_ray.core.complexity import format_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.pretrained import is_weights_name, load_matching, local_path, read_state_dict
 from gmpq_ray.core.training import train_classifier
 from gmpq_ray.report.figures import plot_policy
 from gmpq_ray.runtime import RunFolder, StopSignals, check_new_output, study_url
@@ -76,21 +77,32 @@ def tune_domain(spec: ParamSpec):
     return (tune.loguniform if spec.log else tune.uniform)(spec.low, spec.high)
 
 
-def load_teacher_state(job: Job, num_classes: int, in_channels: int) -> dict[str, torch.Tensor] | None:
-    """The teacher's state dict from ``teacher.state_dict``, checked against the model (or None)."""
+def load_teacher_state(job: Job, num_classes: int, in_channels: int) -> tuple[dict[str, torch.Tensor] | None, bool]:
+    """The teacher's state dict from ``teacher.state_dict`` (or None), and whether it still needs training.
+
+    A file must match the model and is the teacher as it is. Pretrained weights by name
+    (``torchvision:...``, ``timm:...``) load where names and shapes fit; a layer they do not
+    fit (the classifier of another number of classes, a CIFAR stem) starts fresh, and then the
+    teacher trains ``teacher.epochs`` epochs from those weights.
+    """
     if job.teacher.state_dict is None:
-        return None
+        return None, False
     path = job.teacher.state_dict
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
-        raise UserInputError(f"teacher.state_dict {path}: not a loadable PyTorch state dict ({type(err).__name__})") from None
+    state = read_state_dict(path, "teacher.state_dict")
     model = create_model(job.space.model, num_classes, in_channels, job.space.cifar_stem)
+    if is_weights_name(path):
+        fresh = load_matching(model, state)
+        if len(fresh) == len(model.state_dict()):
+            raise UserInputError(f"teacher.state_dict {path}: none of its weights fit {job.space.model}")
+        if fresh and job.teacher.epochs < 1:
+            raise UserInputError(f"teacher.state_dict {path}: {', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''} do not fit "
+                                 f"{job.space.model} on this data; set teacher.epochs >= 1 to train the teacher from these weights")
+        return model.state_dict(), bool(fresh)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise UserInputError(f"teacher.state_dict {path}: does not match {job.space.model} ({str(err).splitlines()[0]})") from None
-    return model.state_dict()
+    return model.state_dict(), False
 
 
 class NoTunedParameters:
@@ -167,6 +179,7 @@ def run_search(
         if job is not None:
             raise UserInputError("give either a job file or --resume DIR, not both (a run folder keeps its job)")
         out, job, teacher_state = _open_run_to_resume(output_dir)
+        teacher_needs_training = False
     else:
         if job is None:
             raise UserInputError("give a job file (or --resume DIR to continue a search)")
@@ -174,9 +187,9 @@ def run_search(
         if not isinstance(job, Job):
             job = load_job(job)
         out = check_new_output(output_dir, RUN_KIND, overwrite,
-                               inputs=[job_path, job.teacher.state_dict, job.data.root])
+                               inputs=[job_path, local_path(job.teacher.state_dict), job.data.root])
         data = job.data.load()
-        teacher_state = load_teacher_state(job, data.num_classes, data.in_channels)
+        teacher_state, teacher_needs_training = load_teacher_state(job, data.num_classes, data.in_channels)
 
     started_ray = start_ray(address)
     try:
@@ -184,7 +197,7 @@ def run_search(
         # Every check has passed: from here on the folder is ours (locked until the run ends).
         folder = RunFolder.reopen(out, RUN_KIND) if resume else RunFolder.create(out, RUN_KIND, overwrite)
         with folder, StopSignals() as signals:
-            grid = _run(job, out, folder, teacher_state, resume, signals, progress, log)
+            grid = _run(job, out, folder, teacher_state, teacher_needs_training, resume, signals, progress, log)
             if signals.signum is not None:
                 raise signals.interrupted("search", f"gmpq search --resume {out}")
     finally:
@@ -210,8 +223,8 @@ def run_search(
     return SearchResult(out, policy, best_path, trials, seconds)
 
 
-def _run(job: Job, out: Path, folder: RunFolder, teacher_state, resume: bool, signals: StopSignals,
-         progress: bool, log: Callable[[str], None]) -> tune.ResultGrid:
+def _run(job: Job, out: Path, folder: RunFolder, teacher_state, teacher_needs_training: bool, resume: bool,
+         signals: StopSignals, progress: bool, log: Callable[[str], None]) -> tune.ResultGrid:
     """The teacher, then the Tune experiment; a fresh run that fails before its first trial
     leaves no folder behind (one stopped by a signal stays, for ``--resume``)."""
     space = job.space
@@ -220,8 +233,8 @@ def _run(job: Job, out: Path, folder: RunFolder, teacher_state, resume: bool, si
             write_text_atomic(out / JOB_FILE, yaml.safe_dump(job_to_dict(job), sort_keys=False))
         log(f"search space: {space.model}, w_bits {space.w_bits}, a_bits {space.a_bits}, "
             f"limit {format_bops(space.bops_limit)} (searched layers at {space.input_size}x{space.input_size})")
-        if teacher_state is None:
-            teacher_state = train_teacher(job, progress, log)
+        if teacher_state is None or teacher_needs_training:
+            teacher_state = train_teacher(job, progress, log, initial_state=teacher_state)
             save_atomic(teacher_state, out / TEACHER_FILE)
         elif not (out / TEACHER_FILE).is_file():
             save_atomic(teacher_state, out / TEACHER_FILE)
@@ -283,11 +296,14 @@ def _check_study_name(job: Job, out: Path) -> None:
                              f"a resumed search keeps its name")
 
 
-def train_teacher(job: Job, progress: bool, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """Train the FP teacher on the job's small data set; returns its state dict on the CPU."""
+def train_teacher(job: Job, progress: bool, log: Callable[[str], None],
+                  initial_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Train the FP teacher on the job's small data set (from ``initial_state`` if given); returns its state dict on the CPU."""
     space = job.space
     data = job.data.load()
     teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
+    if initial_state is not None:
+        teacher.load_state_dict(initial_state)
     train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
     torch.manual_seed(job.search.seed)
     train_classifier(teacher, train_loader, val_loader, job.teacher.epochs, job.teacher.lr,

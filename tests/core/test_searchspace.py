@@ -33,8 +33,10 @@ def test_shipped_searchspaces_exist():
 
 @pytest.mark.parametrize("path", SEARCHSPACES, ids=lambda p: p.stem)
 def test_shipped_searchspaces_are_valid(path):
+    if path.stem.startswith("timm_"):
+        pytest.importorskip("timm")
     space = SearchSpace.load(path)
-    assert space.model == path.stem
+    assert space.model.replace(":", "_") == path.stem  # timm:<name> lives in timm_<name>.yaml
     cost = space.cost_model()
     assert space.smallest_bops() <= space.bops_limit
     # The limit sits inside the space: the largest policy does not fit, the smallest does.
