@@ -70,6 +70,8 @@ def test_a_signal_ends_the_search_resumably(tmp_path, signum):
     states = [t.state for t in study.trials]
     # The unfinished trial stays open in the study (a resume reports to it), nothing is FAIL.
     assert optuna.trial.TrialState.FAIL not in states and optuna.trial.TrialState.RUNNING in states
+    if signum == signal.SIGTERM:
+        return  # the state left behind is the same; the resume is checked once, after SIGINT
 
     result = run_search(None, out, resume=True, progress=False, log=lambda _: None)
     trials = pd.read_csv(out / "trials.csv")
