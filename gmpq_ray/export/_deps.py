@@ -1,0 +1,18 @@
+"""The optional ``[export]`` extra: ``onnx`` and ``onnxruntime``, imported only when an export runs."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from gmpq_ray.core.errors import UserInputError
+
+EXTRA_HINT = "pip install 'gmpq-ray[export]'"
+
+
+def require(name: str) -> ModuleType:
+    """Import ``name`` (``onnx`` or ``onnxruntime``), or raise a :class:`UserInputError` naming the extra."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserInputError(f"exporting to ONNX needs the {name} package, which is not installed: {EXTRA_HINT}") from None
