@@ -25,7 +25,7 @@ from gmpq_ray.core.policy import LayerBits, Policy, write_text_atomic
 from gmpq_ray.export._deps import require
 from gmpq_ray.export.check import MIN_AGREEMENT, compare_with_onnxruntime, passed, storage_mb, weight_levels
 from gmpq_ray.export.graph import DEFAULT_OPSET, INT4_OPSET, build_onnx_model
-from gmpq_ray.export.quantized import quantized_layers
+from gmpq_ray.export.quantized import check_exportable, quantized_layers
 from gmpq_ray.export.source import ExportSource, load_policy_and_state, load_run_folder
 
 CHECK_FILE = "export_check.json"
@@ -103,6 +103,8 @@ def export_onnx(
     layers = quantized_layers(model)
     if not layers:
         raise UserInputError("the model has no quantized layers: apply a policy to it first (apply_policy)")
+    for name, layer in layers.items():
+        check_exportable(name, layer)
     policy = _check_policy(model, layers, policy)
     input_shape = tuple(int(d) for d in images.shape[1:])
     if bops is None:
@@ -156,7 +158,7 @@ def export_run(
     check_outputs(output, overwrite)
     require("onnx"), require("onnxruntime")
     if max_images is not None and max_images < 1:
-        raise UserInputError(f"--images: must be at least 1, got {max_images}")
+        raise UserInputError(f"--images: must be at least 1 (0: all), got {max_images}")
     source_path = Path(source)
     if source_path.is_dir():
         if policy is not None or job is not None:
