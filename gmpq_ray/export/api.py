@@ -108,7 +108,12 @@ def export_onnx(
     policy = _check_policy(model, layers, policy)
     input_shape = tuple(int(d) for d in images.shape[1:])
     if bops is None:
-        bops = CostModel.for_module(model, input_shape, list(policy.fixed_layers) or None).policy_bops(policy)
+        # Counted in eval mode: a forward pass in training mode would move the batch norms' statistics.
+        was_training = model.training
+        try:
+            bops = CostModel.for_module(model.eval(), input_shape, list(policy.fixed_layers) or None).policy_bops(policy)
+        finally:
+            model.train(was_training)
     from gmpq_ray import __version__
 
     metadata = {

@@ -43,15 +43,19 @@ def compare_with_onnxruntime(
     device = next(model.parameters()).device
     agree = total = 0
     max_diff = 0.0
-    torch_correct = onnx_correct = 0
+    torch_correct = onnx_correct = non_finite = 0
     try:
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].float()
             reference = model(batch.to(device)).float().cpu().numpy()
             exported = session.run(None, {INPUT_NAME: batch.cpu().numpy()})[0]
-            max_diff = max(max_diff, float(np.abs(exported - reference).max()))
+            finite = np.isfinite(reference).all(1) & np.isfinite(exported).all(1)
+            non_finite += int((~finite).sum())
+            if finite.any():
+                max_diff = max(max_diff, float(np.abs(exported[finite] - reference[finite]).max()))
             top_reference, top_exported = reference.argmax(1), exported.argmax(1)
-            agree += int((top_reference == top_exported).sum())
+            # An image with a NaN or infinite logit in either runtime counts as a disagreement.
+            agree += int(((top_reference == top_exported) & finite).sum())
             total += batch.shape[0]
             if labels is not None:
                 truth = labels[start:start + batch_size].cpu().numpy()
@@ -59,7 +63,8 @@ def compare_with_onnxruntime(
                 onnx_correct += int((top_exported == truth).sum())
     finally:
         model.train(was_training)
-    result: dict[str, Any] = {"images": total, "top1_agreement": agree / max(total, 1), "max_logit_diff": max_diff}
+    result: dict[str, Any] = {"images": total, "top1_agreement": agree / max(total, 1), "max_logit_diff": max_diff,
+                              "images_with_non_finite_logits": non_finite}
     if labels is not None:
         result["top1_pytorch"] = torch_correct / max(total, 1)
         result["top1_onnxruntime"] = onnx_correct / max(total, 1)

@@ -94,7 +94,10 @@ def test_resnet18_random_weights_small_input(tmp_path):
     apply_policy(model, policy)
     images = torch.randn(48, 3, 16, 16)
     calibrate(model, [(images, None)], num_batches=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     result = export_onnx(model, tmp_path / "resnet18.onnx", images, policy=policy, log=lambda line: None)
+    # The model was left in training mode: exporting (BOPs counted, both runtimes run) changes none of its state.
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert result.passed, result.check
     assert result.check["top1_agreement"] >= 0.995 and result.check["images"] == 48
     assert result.check["weights_mb_fp32"] == pytest.approx(sum(p.numel() for n, p in model.named_parameters()
