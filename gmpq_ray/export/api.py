@@ -26,7 +26,7 @@ from gmpq_ray.export._deps import require
 from gmpq_ray.export.check import MIN_AGREEMENT, compare_with_onnxruntime, passed, storage_mb, weight_levels
 from gmpq_ray.export.graph import DEFAULT_OPSET, INT4_OPSET, build_onnx_model
 from gmpq_ray.export.quantized import check_exportable, quantized_layers
-from gmpq_ray.export.source import ExportSource, load_policy_and_state, load_run_folder
+from gmpq_ray.export.source import load_policy_and_state, load_run_folder
 
 CHECK_FILE = "export_check.json"
 
@@ -173,10 +173,6 @@ def export_run(
         if policy is None or job is None:
             raise UserInputError(f"{source_path}: a state dict needs --policy and --job (or give a finetune run folder)")
         loaded = load_policy_and_state(source_path, policy, job, max_images)
-    return _export_source(loaded, output, int4, overwrite, log)
-
-
-def _export_source(loaded: ExportSource, output, int4: bool, overwrite: bool, log) -> ExportResult:
     return export_onnx(loaded.model, output, loaded.images, loaded.labels, loaded.policy, loaded.bops, int4, overwrite, log)
 
 
