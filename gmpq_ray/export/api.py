@@ -99,7 +99,8 @@ def export_onnx(
         assert result.passed
     """
     output, report_path = check_outputs(output, overwrite)
-    require("onnx"), require("onnxruntime")
+    require("onnx")
+    require("onnxruntime")
     layers = quantized_layers(model)
     if not layers:
         raise UserInputError("the model has no quantized layers: apply a policy to it first (apply_policy)")
@@ -120,7 +121,8 @@ def export_onnx(
         "gmpq.policy": json.dumps(policy.to_dict(), sort_keys=False),
         "gmpq.bops": json.dumps({"searched": bops[0], "total": bops[1], "searched_g": bops[0] / 1e9, "total_g": bops[1] / 1e9}),
         "gmpq.version": __version__,
-        "gmpq.format": "QDQ, int4 weights (opset 21)" if int4 else "QCDQ, int8/uint8 containers (opset 13)",
+        "gmpq.format": ("QCDQ, int4 weights of up to 4 bits, uint4 4-bit unsigned inputs, int8/uint8 otherwise (opset 21)" if int4
+                        else "QCDQ, int8/uint8 containers (opset 13)"),
     }
     proto = build_onnx_model(model, input_shape, metadata, int4=int4, producer_version=__version__)
     _write_bytes_atomic(output, proto.SerializeToString())
@@ -161,7 +163,8 @@ def export_run(
         print(result.check["top1_agreement"], result.check["weights_mb_policy_bits"])
     """
     check_outputs(output, overwrite)
-    require("onnx"), require("onnxruntime")
+    require("onnx")
+    require("onnxruntime")
     if max_images is not None and max_images < 1:
         raise UserInputError(f"--images: must be at least 1 (0: all), got {max_images}")
     source_path = Path(source)
@@ -180,7 +183,7 @@ def summary(result: ExportResult, bops: tuple[int, int]) -> str:
     """The lines ``gmpq export`` prints."""
     check = result.check
     lines = [
-        f"exported {check['model']} ({len(check['layers'])} quantized layers, {'int4/QDQ' if check['int4'] else 'QCDQ int8'}, "
+        f"exported {check['model']} ({len(check['layers'])} quantized layers, {'QCDQ with int4 weights' if check['int4'] else 'QCDQ int8'}, "
         f"opset {check['opset']}) to {result.onnx_path} ({check['onnx_file_mb']:.3f} MB)",
         f"  BOPs: {format_bops(bops[0])} searched layers, {format_bops(bops[1])} total",
         f"  onnxruntime vs PyTorch on {check['images']} validation images: top-1 agreement {100 * check['top1_agreement']:.2f} %, "
