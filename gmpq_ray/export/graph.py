@@ -75,10 +75,10 @@ class _Builder:
     # --- quantized layers ---------------------------------------------------------------------
 
     def quantize_input(self, name: str, x: str, grid: ActivationGrid) -> str:
-        import ml_dtypes
-
         narrow_unsigned4 = self.int4 and not grid.signed and grid.bits == 4
         if narrow_unsigned4:
+            import ml_dtypes  # numpy's int4/uint4 types, which onnx's numpy_helper reads
+
             dtype = ml_dtypes.uint4
         else:
             dtype = np.int8 if grid.signed else np.uint8
@@ -96,9 +96,11 @@ class _Builder:
         codes = weight_codes(layer)
         if codes is None:
             return self.constant(f"{name}.weight", layer.weight.detach().float().cpu().numpy())
-        import ml_dtypes
+        dtype = np.int8
+        if self.int4 and codes.bits <= 4:
+            import ml_dtypes
 
-        dtype = ml_dtypes.int4 if self.int4 and codes.bits <= 4 else np.int8
+            dtype = ml_dtypes.int4
         channels = codes.codes.shape[0]
         values = self.constant(f"{name}.weight_quantized", codes.codes.numpy().astype(dtype))
         scale = self.constant(f"{name}.weight_scale", codes.scales.numpy().astype(np.float32))
