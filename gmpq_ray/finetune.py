@@ -36,6 +36,7 @@ from gmpq_ray.core.policy import Policy, write_text_atomic
 from gmpq_ray.core.pretrained import local_path, read_state_dict
 from gmpq_ray.finetune_job import FinetuneJob, job_to_dict, load_finetune_job
 from gmpq_ray.finetune_run import (
+    EXPORT_FILE,
     FINAL_FILE,
     JOB_FILE,
     POLICY_FILE,
@@ -122,7 +123,13 @@ def finetune(
             except KeyboardInterrupt:
                 raise signals.interrupted("finetune", f"gmpq finetune {policy_path or 'POLICY'} {job_path or 'JOB'} "
                                                       f"--output {out} --resume") from None
-            return write_outputs(out, job, bops, log, time.perf_counter() - start)
+            result = write_outputs(out, job, bops, log, time.perf_counter() - start)
+            if result.finished and job.export:
+                from gmpq_ray.export import export_run
+
+                # The folder is this run's: an earlier export of it (a resume) is replaced.
+                result.export = export_run(out, out / EXPORT_FILE, overwrite=True, log=log)
+            return result
     finally:
         if started_ray:
             ray.shutdown()

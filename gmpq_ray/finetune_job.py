@@ -11,6 +11,7 @@ Example (``jobs/finetune_imagenet.yaml``)::
     distill: true
     workers: 8
     gpus_per_worker: 1
+    export: true                                  # also write model.onnx (gmpq export), needs the [export] extra
 
 This module imports no Ray.
 """
@@ -40,7 +41,7 @@ from gmpq_ray.core.pretrained import is_weights_name
 from gmpq_ray.core.searchspace import SearchSpace
 
 # Fields a resumed run may change: how long it runs and on what, not what it computes.
-RESUMABLE_CHANGES = ("epochs", "stop_after_epochs", "workers", "cpus_per_worker", "gpus_per_worker", "max_failures")
+RESUMABLE_CHANGES = ("epochs", "stop_after_epochs", "workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "export")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class FinetuneJob:
     max_failures: int = 0
     stop_after_epochs: int | None = None
     seed: int = 0
+    export: bool = False
 
     def validate(self, where: str) -> None:
         require_name(self.name, f"{key_path(where)}name")
@@ -97,6 +99,10 @@ class FinetuneJob:
         self.check_resources(where)
         require(self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"{key_path(where)}stop_after_epochs",
                 "must be at least 1")
+        if self.export:
+            from gmpq_ray.export._deps import EXTRA_HINT, extra_installed
+
+            require(extra_installed(), f"{key_path(where)}export", f"needs onnx and onnxruntime: {EXTRA_HINT}")
 
     def check_resources(self, where: str) -> None:
         """Checks of the fields command-line flags may override."""

@@ -9,6 +9,8 @@ Layout (each file written atomically):
   :meth:`~gmpq_ray.core.complexity.CostModel.policy_bops` and ``gmpq bops --policy`` count them);
 * ``model.pt``: the finetuned deployment model's state dict (load it into
   ``apply_policy(create_model(...), policy)``).
+* with ``export: true`` in the job, ``model.onnx`` and ``export_check.json``: the finetuned model
+  as ONNX with explicit Q/DQ and its check in ONNX Runtime (:mod:`gmpq_ray.export`).
 
 This module imports no Ray.
 """
@@ -35,6 +37,7 @@ RUN_NAME = "train"
 RUN_KIND = "finetune"
 POLICY_FILE, JOB_FILE = "policy.json", "job.yaml"
 METRICS_FILE, FINAL_FILE, MODEL_FILE = "metrics.csv", "final_metrics.json", "model.pt"
+EXPORT_FILE = "model.onnx"
 STATE_FILE, CHECKPOINT_PREFIX = "state.pt", "epoch_"
 
 
@@ -60,7 +63,8 @@ def load_state(folder: str | Path, device: torch.device | str = "cpu") -> dict[s
 @dataclass
 class FinetuneResult:
     """What :func:`finetune` produced. ``finished`` is False when the run stopped early
-    (``stop_after_epochs``); then ``final_metrics.json`` and ``model.pt`` are not written yet."""
+    (``stop_after_epochs``); then ``final_metrics.json`` and ``model.pt`` are not written yet.
+    ``export`` holds the ONNX export's result when the job says ``export: true``."""
 
     output_dir: Path
     finished: bool
@@ -70,6 +74,7 @@ class FinetuneResult:
     bops_searched: int
     bops_total: int
     seconds: float
+    export: Any = None  # the ExportResult of gmpq_ray.export when the job asks for the ONNX export
 
 
 def latest_checkpoint(out: Path) -> Path | None:

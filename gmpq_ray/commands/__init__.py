@@ -3,6 +3,6 @@
 A new command is a new module here plus one line in :data:`COMMANDS`.
 """
 
-from gmpq_ray.commands import ablate, bops, compare, finetune, search
+from gmpq_ray.commands import ablate, bops, compare, export, finetune, search
 
-COMMANDS = [search, compare, bops, finetune, ablate]
+COMMANDS = [search, compare, bops, finetune, ablate, export]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(commands) -> None:
@@ -22,6 +23,10 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from gmpq_ray.finetune import finetune
 
-    finetune(args.policy, args.job, args.output, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-             overwrite=args.overwrite, resume=args.resume, address=args.address)
+    result = finetune(args.policy, args.job, args.output, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                      overwrite=args.overwrite, resume=args.resume, address=args.address)
+    if result.export is not None and not result.export.passed:
+        print(f"gmpq: export check failed: top-1 agreement {100 * result.export.check['top1_agreement']:.2f} % between "
+              f"onnxruntime and PyTorch; see {result.export.check_path}", file=sys.stderr)
+        return 1
     return 0
