@@ -73,3 +73,9 @@ def test_bad_proxy_jobs_end_in_one_line_and_write_nothing(tmp_path, capsys, sear
                  "w_bits": [2, 3, 4], "a_bits": [2, 3, 4], "bops_limit": "33M", **space}
     job = write_job(tmp_path, search={**PROXY, **search}, searchspace=job_space)
     assert_refused(capsys, ["search", str(job), "--output", str(tmp_path / "out")], expected, tmp_path / "out")
+
+
+def test_proxy_search_is_not_sharded(tmp_path, capsys):
+    job = write_job(tmp_path, search=PROXY, resources={"cpus_per_trial": 1, "workers_per_trial": 2})
+    assert_refused(capsys, ["search", str(job), "--output", str(tmp_path / "out")],
+                   "resources.workers_per_trial: must be 1 with search.method 'proxy'", tmp_path / "out")
