@@ -47,7 +47,8 @@ def batches_for(space: SearchSpace, data_name: str, image_size: int, batch_size:
     return [(x.to(device), y.to(device)) for x, y in zip(images.split(batch_size), labels.split(batch_size))][:count], data
 
 
-def ray_scoring(space: SearchSpace, cifar_stem: bool, proxy: str, teacher, data, batches, layers, candidates) -> tuple[float, int]:
+def ray_scoring(space: SearchSpace, cifar_stem: bool, proxy: str, teacher, data, batches, layers, candidates,
+                precision: str) -> tuple[float, int]:
     """Seconds to score through the search's Ray tasks (Ray already started), and the task count."""
     import dataclasses
 
@@ -55,14 +56,14 @@ def ray_scoring(space: SearchSpace, cifar_stem: bool, proxy: str, teacher, data,
     from gmpq_ray.search.proxy_search import score_with_ray_tasks
 
     job = Job(name="bench", searchspace=dataclasses.replace(space, cifar_stem=cifar_stem),
-              search=SearchConfig(method="proxy", proxy=proxy, proxy_batches=len(batches)), resources=ResourcesConfig(cpus_per_trial=1))
+              search=SearchConfig(method="proxy", proxy=proxy, proxy_batches=len(batches), proxy_precision=precision), resources=ResourcesConfig(cpus_per_trial=1))
     start = time.perf_counter()
     _, tasks = score_with_ray_tasks(job, teacher.cpu(), data.num_classes, data.in_channels,
                                     [(x.cpu(), y.cpu()) for x, y in batches], layers, candidates)
     return time.perf_counter() - start, tasks
 
 
-def run(space_name: str, proxies: list[str], batch_size: int, count: int, device: str, ray_workers: int) -> None:
+def run(space_name: str, proxies: list[str], batch_size: int, count: int, device: str, ray_workers: int, precision: str) -> None:
     file, cifar_stem, image_size, data_name = SPACES[space_name]
     space = SearchSpace.load(REPO / "searchspaces" / file)
     cost = space.cost_model()
@@ -72,11 +73,11 @@ def run(space_name: str, proxies: list[str], batch_size: int, count: int, device
     torch.manual_seed(0)
     teacher = create_model(space.model, data.num_classes, data.in_channels, cifar_stem).to(device).eval()
     print(f"{space_name}: {len(layers)} layers x {len(candidates)} candidates, {count} batch(es) of {batch_size} at "
-          f"{image_size}x{image_size}, limit {space.bops_limit / 1e9:.4g} G, {device}, {torch.get_num_threads()} thread(s)")
+          f"{image_size}x{image_size}, limit {space.bops_limit / 1e9:.4g} G, {device}, {torch.get_num_threads()} thread(s), {precision}")
     for proxy in proxies:
         start = time.perf_counter()
         model = calibrated_probe_model(teacher, layers, batches)
-        scores = score_layers(proxy, model, space.model, batches, layers, candidates)
+        scores = score_layers(proxy, model, space.model, batches, layers, candidates, precision)
         if device == "cuda":
             torch.cuda.synchronize()
         scoring = time.perf_counter() - start
@@ -86,7 +87,7 @@ def run(space_name: str, proxies: list[str], batch_size: int, count: int, device
         print(f"  {proxy:4s} scoring {scoring:7.2f} s   solve {solve:6.3f} s   total {scoring + solve:7.2f} s   "
               f"-> {allocation.bops / 1e9:.4g} G BOPs, bits {' '.join(f'{b.w_bits}/{b.a_bits}' for b in allocation.layers.values())}")
         if ray_workers:
-            seconds, tasks = ray_scoring(space, cifar_stem, proxy, teacher, data, batches, layers, candidates)
+            seconds, tasks = ray_scoring(space, cifar_stem, proxy, teacher, data, batches, layers, candidates, precision)
             print(f"  {proxy:4s} scoring {seconds:7.2f} s   through {tasks} Ray task(s) on {ray_workers} CPU(s), "
                   f"+ solve {solve:6.3f} s = {seconds + solve:7.2f} s")
 
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (1: what a task of 1 CPU uses)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="how the probe runs (search.proxy_precision)")
     parser.add_argument("--ray-workers", type=int, default=0, help="also time the scoring through Ray tasks on N CPUs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,7 +110,7 @@ def main() -> None:
 
         ray.init(num_cpus=args.ray_workers, include_dashboard=False, log_to_driver=False)
     for name in args.spaces:
-        run(name, args.proxies, args.batch_size or (64 if name == "digits" else 32), args.batches, args.device, args.ray_workers)
+        run(name, args.proxies, args.batch_size or (64 if name == "digits" else 32), args.batches, args.device, args.ray_workers, args.precision)
 
 
 if __name__ == "__main__":

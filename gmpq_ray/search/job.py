@@ -114,6 +114,7 @@ class SearchConfig:
     proxy: Literal["arc", "kl", "fit"] = "kl"
     proxy_batches: int = 4
     proxy_data: Literal["train", "noise"] = "train"
+    proxy_precision: Literal["fp32", "bf16"] = "fp32"
     max_failures: int = 2
     params: dict[str, ParamSpec] = field(default_factory=dict)
     initial_points: list[dict[str, float]] = field(default_factory=list)

@@ -71,7 +71,8 @@ def _score_task(job: Job, num_classes: int, in_channels: int, probe_state: dict,
     model.load_state_dict(probe_state)
     device = trial_device(job)
     batches = [(images.to(device), None if labels is None else labels.to(device)) for images, labels in batches]
-    return score_layers(job.search.proxy, model.to(device), job.space.model, batches, share, candidates)
+    return score_layers(job.search.proxy, model.to(device), job.space.model, batches, share, candidates,
+                        job.search.proxy_precision)
 
 
 def task_shares(layers: list[str], one_pass: bool, slots: int) -> list[list[str]]:

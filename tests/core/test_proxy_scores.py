@@ -68,3 +68,12 @@ def test_unknown_proxy_and_labels_missing_are_user_errors(setup):
     with pytest.raises(UserInputError, match="'fit' needs labels"):
         score_layers("fit", model, "digits_cnn", unlabeled, layers[:1], CANDIDATES)
     assert score_layers("kl", model, "digits_cnn", unlabeled, layers[:1], CANDIDATES)  # label-free
+
+
+def test_bf16_probe_agrees_with_fp32_on_what_matters(setup):
+    _, layers, batches, model = setup
+    fp32 = score_layers("kl", model, "digits_cnn", batches, layers[:2], CANDIDATES)
+    bf16 = score_layers("kl", model, "digits_cnn", batches, layers[:2], CANDIDATES, precision="bf16")
+    for layer in layers[:2]:
+        assert bf16[layer][LayerBits(2, 2)] == pytest.approx(fp32[layer][LayerBits(2, 2)], rel=0.3)
+        assert bf16[layer][LayerBits(2, 2)] > bf16[layer][LayerBits(4, 4)]

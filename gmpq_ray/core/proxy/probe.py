@@ -7,10 +7,16 @@ each choice re-runs only the nodes downstream of the layer. Each searched conv i
 :class:`~gmpq_ray.core.layers.QuantConv2d` at 32/32 bits (full precision) whose activation
 quantizer was calibrated on the FP network's inputs (:func:`gmpq_ray.core.calibration.calibrate`);
 a choice sets its bits for the run. Fixed layers stay in full precision.
+
+``precision="bf16"`` runs the probe under bf16 autocast with channels_last activations (about
+twice as fast on this project's AMX CPU). Its rounding noise is the size of a high-bit choice's
+own damage (on a ResNet18-CIFAR, the KL of its first searched layer at 6/6 bits read 3.5e-5 in
+bf16 against 2.2e-5 in fp32, while 2/2 read 0.0027 in both), so the default stays fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,7 +83,12 @@ class LayerProbe:
             for layer, bits, outputs in runs: ...
     """
 
-    def __init__(self, model: nn.Module, model_name: str, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, model_name: str, layers: Sequence[str], precision: str = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.bf16 = precision == "bf16"
+        if self.bf16:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         entry = model_entry(model_name)
         self.classifier = model.get_submodule(entry.classifier)
@@ -108,12 +119,16 @@ class LayerProbe:
 
     def _run(self, images: torch.Tensor, env: dict[fx.Node, object] | None) -> tuple[Outputs, dict]:
         interpreter = fx.Interpreter(self.graph_module, garbage_collect_values=False)
-        logits = interpreter.run(images, initial_env=env)
-        return Outputs(logits, interpreter.env[self.feature_node]), interpreter.env
+        autocast = torch.autocast(images.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with autocast:
+            logits = interpreter.run(images, initial_env=env)
+        return Outputs(logits.float(), interpreter.env[self.feature_node].float()), interpreter.env
 
     @torch.no_grad()
     def reference(self, images: torch.Tensor) -> tuple[Outputs, dict]:
         """The FP run of a batch and every intermediate value."""
+        if self.bf16:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self._run(images, None)
 
     @torch.no_grad()
@@ -131,6 +146,8 @@ class LayerProbe:
     def runs(self, images: torch.Tensor, layers: Sequence[str], candidates: Sequence[LayerBits]
              ) -> Iterator[tuple[str, LayerBits, Outputs, Outputs]]:
         """(layer, bits, FP outputs, quantized outputs) for every layer and candidate on a batch."""
+        if self.bf16:
+            images = images.contiguous(memory_format=torch.channels_last)
         reference, env = self.reference(images)
         for layer in layers:
             for bits in candidates:

@@ -50,10 +50,11 @@ class Proxy(abc.ABC):
 
     @abc.abstractmethod
     def score(self, model: nn.Module, model_name: str, batches: Sequence[Batch], layers: Sequence[str],
-              candidates: Sequence[LayerBits]) -> Scores:
+              candidates: Sequence[LayerBits], precision: str = "fp32") -> Scores:
         """Damage of every (layer, candidate) in ``layers`` x ``candidates`` on ``batches``.
 
-        ``model`` is a calibrated probe model (:func:`~gmpq_ray.core.proxy.probe.calibrated_probe_model`).
+        ``model`` is a calibrated probe model (:func:`~gmpq_ray.core.proxy.probe.calibrated_probe_model`);
+        ``precision`` (fp32 or bf16) is how the probe runs, where a proxy runs it.
         """
 
 
@@ -64,8 +65,8 @@ class OutputProxy(Proxy):
     def batch_damage(self, probe: LayerProbe, reference: Outputs, quantized: Outputs) -> torch.Tensor:
         """Summed damage over the images of a batch."""
 
-    def score(self, model, model_name, batches, layers, candidates) -> Scores:
-        probe = LayerProbe(model, model_name, layers)
+    def score(self, model, model_name, batches, layers, candidates, precision="fp32") -> Scores:
+        probe = LayerProbe(model, model_name, layers, precision)
         total = {layer: {bits: 0.0 for bits in candidates} for layer in layers}
         images_seen = 0
         for images, _ in batches:
@@ -99,7 +100,8 @@ class FITProxy(Proxy):
     needs_labels = True
     one_pass = True
 
-    def score(self, model, model_name, batches, layers, candidates) -> Scores:
+    def score(self, model, model_name, batches, layers, candidates, precision="fp32") -> Scores:
+        # Gradients and squared perturbations stay in fp32 whatever ``precision`` says.
         model = model.eval()
         convs: dict[str, QuantConv2d] = {name: model.get_submodule(name) for name in layers}
         w_bits = sorted({b.w_bits for b in candidates})
@@ -167,7 +169,7 @@ def get_proxy(name: str) -> Proxy:
 
 
 def score_layers(proxy: str, model: nn.Module, model_name: str, batches: Sequence[Batch], layers: Sequence[str],
-                 candidates: Sequence[LayerBits]) -> Scores:
+                 candidates: Sequence[LayerBits], precision: str = "fp32") -> Scores:
     """Damage of every (layer, candidate) by the proxy ``proxy``, in one process (what a task runs).
 
     Example::
@@ -178,4 +180,4 @@ def score_layers(proxy: str, model: nn.Module, model_name: str, batches: Sequenc
     chosen = get_proxy(proxy)
     if chosen.needs_labels and any(labels is None for _, labels in batches):
         raise UserInputError(f"search.proxy: {proxy!r} needs labels; the scoring batches have none")
-    return chosen.score(model, model_name, batches, list(layers), list(candidates))
+    return chosen.score(model, model_name, batches, list(layers), list(candidates), precision)
