@@ -36,6 +36,7 @@ from gmpq_ray.core.policy import LayerBits, Policy, write_text_atomic
 from gmpq_ray.core.proxy import calibrated_probe_model, get_proxy, probe_model, score_layers, solve_allocation
 from gmpq_ray.core.proxy.probe import Batch
 from gmpq_ray.core.proxy.scores import Scores
+from gmpq_ray.core.proxy.solver import choice_bops
 from gmpq_ray.runtime import StopSignals, study_url
 from gmpq_ray.search.job import Job
 from gmpq_ray.search.optuna_search import RecordingOptunaSearch
@@ -104,8 +105,6 @@ def score_with_ray_tasks(job: Job, teacher: torch.nn.Module, num_classes: int, i
 
 def scores_table(scores: Scores, macs: dict[str, int]) -> pd.DataFrame:
     """One row per (layer, w_bits, a_bits): its BOPs (G) and the proxy's damage."""
-    from gmpq_ray.core.proxy.solver import choice_bops
-
     return pd.DataFrame([{"layer": name, "w_bits": bits.w_bits, "a_bits": bits.a_bits,
                           "bops_g": choice_bops(name, bits, macs) / 1e9, "damage": value}
                          for name, row in scores.items() for bits, value in row.items()])
