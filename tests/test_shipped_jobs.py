@@ -12,7 +12,7 @@ from tests.conftest import REPO
 JOBS = REPO / "jobs"
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "sampling_quickstart.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "sampling_quickstart.yaml", "proxy_quickstart.yaml"])
 def test_search_jobs_load(name):
     job = load_job(JOBS / name)
     assert job.space.model == "digits_cnn" and job.data.name == "digits"
@@ -21,7 +21,7 @@ def test_search_jobs_load(name):
 
 def test_compare_quickstart_loads():
     job = load_compare_job(JOBS / "compare_quickstart.yaml")
-    assert set(job.methods) == {"differentiable", "sampling"}
+    assert set(job.methods) == {"differentiable", "sampling", "proxy"}
     assert {job.methods[m].space.bops_limit for m in job.methods} == {33e6}  # one limit for both
 
 

@@ -270,11 +270,13 @@ def _finetune(pair: Pair, policy: Policy, fp_path: Path, folder: Path, address, 
 
 def _notes(job: AblationJob, seconds: float) -> list[str]:
     search, ft = job.pairs[0].search.search, job.pairs[0].finetune
+    searched = (f"proxy ({search.proxy}, {search.proxy_batches} batches), one solve" if search.method == "proxy"
+                else f"{search.method}, {search.num_trials} trial(s) x {search.epochs} epoch(s)")
     return [
         "Top-1 in % on the target's validation split. BOPs: the full-precision row counts the whole network at 32/32 "
         "bits; a searched policy counts its searched layers (the paper's budget; the first conv and the classifier, "
         f"kept at {ft.fixed_bits} bits, are in `bops_total_g` of transfer.csv).",
-        f"Search: {search.method}, {search.num_trials} trial(s) x {search.epochs} epoch(s) per data set; finetune: "
+        f"Search: {searched} per data set; finetune: "
         f"{ft.epochs} epoch(s), lr {ft.lr:g}, {'distilled from the FP model, ' if ft.distill else ''}{ft.workers} worker(s). "
         f"Wall time {seconds / 60:.1f} min.",
     ]

@@ -1,6 +1,6 @@
-"""``gmpq compare``: differentiable against sampling-based search, on equal terms.
+"""``gmpq compare``: differentiable, sampling-based and training-free (proxy) search, on equal terms.
 
-Both methods run on the same search space, BOPs limit, teacher and compute budget, through the
+The methods run on the same search space, BOPs limit, teacher and compute budget, through the
 same engine and pruning scheduler. Then each method's best policy, the best uniform policy that
 fits the limit and random feasible policies are evaluated with one QAT protocol
 (:class:`gmpq_ray.core.qat.QATRun`) over several seeds, as parallel Ray tasks. The run folder
@@ -142,7 +142,7 @@ def comparison_markdown(job: CompareJob, table: pd.DataFrame) -> str:
     evaluation = job.compare.evaluation
     budget = job.compare.budget
     lines = [
-        f"# {job.base.name}: differentiable vs sampling-based search",
+        f"# {job.base.name}: {' vs '.join(job.methods)} search",
         "",
         f"Search space `{job.base.space.model}`, BOPs limit {job.base.space.bops_limit / 1e9:.4g} G (searched layers); "
         f"budget per method: {f'{budget.num_trials} trials' if budget.num_trials else f'{budget.time_budget_s:g} s'}; "

@@ -6,6 +6,7 @@ Example (``jobs/compare_quickstart.yaml``)::
       methods:                       # search settings per method, over the job's `search`
         differentiable: {epochs: 6}
         sampling: {epochs: 3, sampler: tpe, proposal_mode: repair}
+        proxy: {proxy: kl, proxy_batches: 4}   # training-free: scored and solved in seconds
       budget: {time_budget_s: 120}   # or {num_trials: 8}: the same for both methods
       evaluation: {seeds: 3, epochs: 5, lr: 0.01}
       random_policies: 3
@@ -22,7 +23,7 @@ from gmpq_ray.core.config import key_path, load_yaml, parse, require, short_repr
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.search.job import Job, SearchConfig, job_to_dict, parse_job
 
-METHODS = ("differentiable", "sampling")
+METHODS = ("differentiable", "sampling", "proxy")
 # Every compared policy is trained once per seed: bounds on what one comparison may ask.
 MAX_SEEDS = 100
 MAX_RANDOM_POLICIES = 1000
@@ -104,6 +105,9 @@ def load_compare_job(path: str | Path) -> CompareJob:
             settings.update(num_trials=10_000, time_budget_s=compare.budget.time_budget_s)
         if method == "sampling":
             settings["params"], settings["initial_points"] = {}, []
+        if method == "proxy":
+            # One scoring and one exact solve: the budget bounds it, it has nothing to spend it on.
+            settings.update(num_trials=1, time_budget_s=None, epochs=1, params={}, initial_points=[])
         search = parse(SearchConfig, settings, where)
         methods[method] = dataclasses.replace(base, name=f"{base.name}-{method}", search=search)
         methods[method].base_dir = base.base_dir

@@ -98,7 +98,7 @@ class PrunerConfig:
 class SearchConfig:
     """How the search runs: method, trials, epochs, objective, sampler and tuned parameters."""
 
-    method: Literal["differentiable", "sampling"] = "differentiable"
+    method: Literal["differentiable", "sampling", "proxy"] = "differentiable"
     epochs: int = 6
     num_trials: int = 2
     max_concurrent_trials: int = 2
@@ -117,6 +117,10 @@ class SearchConfig:
     teacher_precision: TeacherPrecision = "auto"
     quantizer_kernels: Literal["auto", "compiled", "eager"] = "auto"
     fill_budget: bool = True
+    proxy: Literal["arc", "kl", "fit"] = "kl"
+    proxy_batches: int = 4
+    proxy_data: Literal["train", "noise"] = "train"
+    proxy_precision: Literal["fp32", "bf16"] = "fp32"
     max_failures: int = 2
     params: dict[str, ParamSpec] = field(default_factory=dict)
     initial_points: list[dict[str, float]] = field(default_factory=list)
@@ -144,6 +148,11 @@ class SearchConfig:
                 require(smallest > 0, f"{key_path(where)}params.{name}", f"must be positive, got {smallest}")
             elif name in _NON_NEGATIVE_PARAMS:
                 require(smallest >= 0, f"{key_path(where)}params.{name}", f"must not be negative, got {smallest}")
+        require(self.proxy_batches >= 1, f"{key_path(where)}proxy_batches", "must be at least 1 (the proxies score on these batches)")
+        require(not (self.proxy == "fit" and self.proxy_data == "noise"), f"{key_path(where)}proxy",
+                "'fit' needs labels; proxy_data 'noise' has none (use kl or arc, or proxy_data: train)")
+        require(self.method != "proxy" or self.time_budget_s is None, f"{key_path(where)}time_budget_s",
+                "does not apply to method 'proxy' (one scoring and one solve, no trials to cut short)")
         require(self.metric in TRIAL_METRICS, f"{key_path(where)}metric",
                 f"{short_repr(self.metric)} is not reported by trials; choose from {sorted(TRIAL_METRICS)}")
 
@@ -242,6 +251,8 @@ def parse_job(raw: Any, path: Path) -> Job:
         require(job.resources.workers_per_trial == 1, f"{path}: resources.workers_per_trial",
                 "must be 1 with search.method 'sampling' (only differentiable trials train on several workers)")
         _check_sampling_points(job, f"{path}: search.initial_points")
+    require(job.search.method != "proxy" or job.resources.workers_per_trial == 1, f"{path}: resources.workers_per_trial",
+            "must be 1 with search.method 'proxy' (its scorings are Ray tasks of cpus_per_trial each)")
     return job
 
 

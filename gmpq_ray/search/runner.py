@@ -245,7 +245,10 @@ def _run(job: Job, out: Path, folder: RunFolder, teacher_state, teacher_needs_tr
             folder.rollback()
         raise
     try:
-        return _fit(job, out, teacher_state, signals, resume=resume and tune.Tuner.can_restore(str(out / "tune")))
+        fit = _fit
+        if job.search.method == "proxy":  # the training-free family: one solve, its scorings as Ray tasks
+            from gmpq_ray.search.proxy_search import proxy_fit as fit
+        return fit(job, out, teacher_state, signals, resume=resume and tune.Tuner.can_restore(str(out / "tune")))
     except KeyboardInterrupt:
         # A second signal, or one before Tune could catch it: the experiment state Tune saved
         # last is what --resume continues from, as after SIGKILL.

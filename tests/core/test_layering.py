@@ -82,7 +82,7 @@ def test_core_sources_do_not_import_upper_layers():
     """Also catches imports inside functions, which the subprocess test only sees when they run."""
     offenders = [
         f"{path.name}:{number}: {line.strip()}"
-        for path in sorted((REPO / "gmpq_ray" / "core").glob("*.py"))
+        for path in sorted((REPO / "gmpq_ray" / "core").rglob("*.py"))
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if UPPER_IMPORT.match(line)
     ]

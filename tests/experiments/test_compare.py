@@ -1,4 +1,4 @@
-"""``gmpq compare`` on a tiny budget: both methods, the baselines, the table and the figure."""
+"""``gmpq compare`` on a tiny budget: the three methods, the baselines, the table and the figure."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def write_compare_job(tmp_path, **compare_overrides):
     job["search"]["params"]["lambda_c"] = {"value": 2.0}  # the supernets meet the limit after their warm-up
     job["search"]["pruner"] = {"type": "none"}
     job["compare"] = {
-        "methods": {"differentiable": {}, "sampling": {"sampler": "random", "proposal_mode": "repair"}},
+        "methods": {"differentiable": {}, "sampling": {"sampler": "random", "proposal_mode": "repair"},
+                    "proxy": {"proxy": "kl", "proxy_batches": 1}},
         "budget": {"num_trials": 2},
         "evaluation": {"seeds": 2, "epochs": 1, "lr": 0.01},
         "random_policies": 1,
@@ -32,17 +33,19 @@ def write_compare_job(tmp_path, **compare_overrides):
 def test_compare_runs_both_methods_and_the_baselines(tmp_path, ray_local):
     out = tmp_path / "cmp"
     table = run_compare(write_compare_job(tmp_path), out, log=lambda _: None)
-    assert list(table.method) == ["differentiable", "sampling", "uniform", "random-1"]
+    assert list(table.method) == ["differentiable", "proxy", "sampling", "uniform", "random-1"]  # YAML sorted the keys
     assert (table.bops_g <= 0.033 + 1e-9).all()
     assert (table.seeds == 2).all() and table.accuracy_mean.between(0, 1).all()
-    assert (table.loc[:1, "trials"] == 2).all()
-    assert table.loc[2, "policy"] == "2/2 2/2 2/2 2/2 2/2 2/2"  # uniform 3/3 (58 M) does not fit 33 M
+    assert table.loc[0, "trials"] == table.loc[2, "trials"] == 2 and table.loc[1, "trials"] == 1  # the proxy: one solve
+    assert 0 < table.loc[1, "search_seconds"]
+    assert table.loc[3, "policy"] == "2/2 2/2 2/2 2/2 2/2 2/2"  # uniform 3/3 (58 M) does not fit 33 M
     saved = pd.read_csv(out / "comparison.csv")
     assert list(saved.method) == list(table.method)
     markdown = (out / "comparison.md").read_text()
     assert "| differentiable |" in markdown and "| uniform |" in markdown and "±" in markdown
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    for method in ("differentiable", "sampling"):
+    assert "| proxy |" in markdown and "differentiable vs proxy vs sampling" in markdown
+    for method in ("differentiable", "sampling", "proxy"):
         assert (out / method / "best_policy.json").is_file() and (out / method / "study.db").is_file()
 
 
