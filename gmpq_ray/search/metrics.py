@@ -18,7 +18,7 @@ TRIAL_METRICS: dict[str, str] = {
     "fill_steps": "single-layer bit steps the fill raised towards the limit",
     "policy_arc": "validation ARC of the derived policy",
     "score": "the objective: policy_accuracy + arc_weight * policy_arc",
-    "budget_bops_g": "the BOPs the scheduler holds against the limit (sampled: the policy's; supernet: expected)",
+    "budget_bops_g": "the BOPs the scheduler holds against the limit (sampled: the policy's; supernet: its argmax policy's)",
 }
 
 # Why the scheduler stopped a trial early (recorded in trials.csv and in the Optuna study).

@@ -309,8 +309,8 @@ def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], resume: bo
     searcher = make_searcher(job, out / "study.db")
     scheduler = BudgetAndARCScheduler(
         searcher, job.space.bops_limit / 1e9,
-        # A supernet's expected BOPs come down over the first epochs and its derived policy is
-        # repaired anyway: it gets a warm-up and some slack; a sampled policy's BOPs are exact.
+        # A supernet's argmax policy needs some epochs to settle near the limit and is repaired
+        # anyway: it gets a warm-up and some slack; a sampled policy's BOPs are exact.
         bops_warmup_epochs=search.supernet_bops_warmup() if search.method == "differentiable" else 0,
         bops_tolerance=search.bops_tolerance if search.method == "differentiable" else 0.0,
         pruner=make_pruner(search.pruner), record_path=out / STOP_REASONS_FILE,

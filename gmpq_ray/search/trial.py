@@ -307,7 +307,9 @@ def train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loa
         "fill_steps": float(provenance["fill_steps"]),
         "score": policy_eval.accuracy + job.search.arc_weight * policy_eval.arc,
     }
-    metrics["budget_bops_g"] = metrics["expected_bops_g"]
+    # The scheduler holds the argmax policy to the limit: it is what the search chose (its
+    # expected BOPs stay far from it while softmax(α) is flat, whatever the argmax does).
+    metrics["budget_bops_g"] = metrics["argmax_bops_g"]
     bad = [name for name, value in metrics.items() if not math.isfinite(value)]
     if bad:
         raise NonFiniteLossError(f"epoch {epoch}: non-finite {', '.join(bad)}")
