@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from gmpq_ray.core.budget import BudgetMultiplier, ReferenceComplexity
 from gmpq_ray.core.calibration import calibrate
 from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.convert import (
@@ -25,7 +26,6 @@ from gmpq_ray.core.data import make_synthetic
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
 from gmpq_ray.core.models import create_model
-from gmpq_ray.core.budget import BudgetMultiplier, ReferenceComplexity
 from gmpq_ray.core.objective import GMPQObjective
 from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.quantizers import quantize_weight
