@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-train", type=int, default=256, help="synthetic training images")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--complexity", nargs="+", choices=["budget", "reference"], default=["budget"])
     parser.add_argument("--lambda-attr", type=float, default=40.0)
