@@ -246,8 +246,9 @@ def _baseline_policies(pair: Pair, seed: int) -> list[tuple[str, Policy]]:
 
 
 def _as_baseline(pair: Pair, label: str) -> Pair:
-    """The pair's finetune protocol, labelled as a baseline row."""
-    return dataclasses.replace(pair, dataset=label)
+    """The pair's finetune protocol, labelled (row and finetune run name) as a baseline."""
+    name = pair.finetune.name.removesuffix(slug(pair.dataset).replace(".", "_")) + slug(label)
+    return dataclasses.replace(pair, dataset=label, finetune=dataclasses.replace(pair.finetune, name=name))
 
 
 def _search(pair: Pair, folder: Path, resume: bool) -> tuple[Policy | None, float | None, str]:
