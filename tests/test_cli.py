@@ -41,6 +41,10 @@ def assert_refused(capsys, args, expected: str, out_dir=None) -> str:
         ({"search__params": {"lambda_c": {"low": 2.0, "high": 1.0}}}, "low (2.0) must be below high (1.0)"),
         ({"resources__cpus_per_trial": 0}, "cpus_per_trial"),
         ({"teacher__state_dict": "missing.pt"}, "teacher.state_dict"),
+        ({"search__params": {"p": {"value": 3.0}, "kappa": {"value": 24.0}}}, "search.params.p: give either p"),
+        ({"search__complexity": "linear"}, "search.complexity: 'linear' is not one of"),
+        ({"data__test_fraction": 0.0}, "data.test_fraction"),
+        ({"data__val_fraction": 0.5, "data__test_fraction": 0.5}, "data.test_fraction"),
     ],
 )
 def test_bad_job_fields(tmp_path, capsys, overrides, expected):

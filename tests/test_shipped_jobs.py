@@ -28,3 +28,11 @@ def test_compare_quickstart_loads():
 def test_transfer_quickstart_loads():
     job = load_ablation_job(JOBS / "dataset_transfer_quickstart.yaml")
     assert len(job.pairs) == 3  # one architecture, three small data sets
+
+
+def test_method_quality_searches_the_stem_under_a_tight_limit():
+    job = load_compare_job(JOBS / "method_quality.yaml")
+    space = job.base.space
+    assert "features.0.conv" in space.cost_model().searched
+    assert space.smallest_bops() <= space.bops_limit <= 1.05 * space.smallest_bops()
+    assert job.compare.evaluation.seeds >= 3

@@ -12,7 +12,8 @@ from gmpq_ray.core.attribution import (
     imitation_loss,
     spearman,
 )
-from gmpq_ray.core.calibration import calibrate
+from gmpq_ray.core.budget import BudgetMultiplier, ComplexityTerm, ReferenceComplexity, make_complexity
+from gmpq_ray.core.calibration import calibrate, reestimated_batch_norm
 from gmpq_ray.core.complexity import CostModel, format_bops, module_macs
 from gmpq_ray.core.convert import (
     apply_policy,
@@ -47,6 +48,8 @@ __all__ = [
     "load_digits", "make_synthetic", "mix_weights", "module_macs", "pinned_policy", "quantize_weight",
     "register_model", "repair_policy", "run_epoch", "searched_layers", "spearman", "supernet_layers",
     "to_supernet", "train_classifier",
+    # complexity terms, batch-norm re-estimation
+    "BudgetMultiplier", "ComplexityTerm", "ReferenceComplexity", "make_complexity", "reestimated_batch_norm",
     # data sets and finetuning
     "DATASETS", "DataConfig", "QATLoss", "build_split", "deployment_model", "topk_metrics", "topk_sums",
 ]

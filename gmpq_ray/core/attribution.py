@@ -102,10 +102,15 @@ def capacity_exponent(expected_bits: Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 def imitation_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tensor:
-    """Mean over the batch of ||n(A_s) - n(A_t ** p)||^2 with n the L2 normalization."""
+    """Mean over the batch *and the pixels* of (n(A_s) - n(A_t ** p))^2 with n the L2 normalization.
+
+    The reference's ``cal_l2loss`` (``search_attention.py``) takes ``.pow(2).mean()`` over the
+    flattened maps, so its ``--aw 40`` means the same at every map size; a sum over the pixels
+    would make it H x W times stronger (16x at 4x4 maps, 49x at 7x7).
+    """
     teacher = teacher_maps.detach().float().clamp_min(0) ** exponent
     diff = normalize_maps(student_maps.float()) - normalize_maps(teacher)
-    return diff.pow(2).sum(dim=1).mean()
+    return diff.pow(2).mean()
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:

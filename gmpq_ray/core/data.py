@@ -27,10 +27,13 @@ from gmpq_ray.core.errors import UserInputError
 
 @dataclass
 class DataBundle:
-    """Train and validation splits with what a model needs to know about them.
+    """Train, validation and (where the data set has one) held-out test splits, with what a
+    model needs to know about them.
 
-    The splits are tensors in memory (digits, synthetic) or image data sets decoded on the fly
-    by ``num_workers`` loader processes.
+    Searches train on ``train`` and select on ``val``; ``gmpq compare`` and ``gmpq ablate``
+    report the candidates they select between on ``test``, which no selection has seen. The
+    splits are tensors in memory (digits, synthetic) or image data sets decoded on the fly by
+    ``num_workers`` loader processes.
     """
 
     train: Dataset
@@ -39,6 +42,7 @@ class DataBundle:
     in_channels: int
     image_size: int
     num_workers: int = 0
+    test: Dataset | None = None
 
     def loaders(self, batch_size: int, seed: int = 0, drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
         """Shuffled train loader (seeded) and ordered validation loader."""
@@ -48,18 +52,32 @@ class DataBundle:
         val = DataLoader(self.val, batch_size=max(batch_size, 256), shuffle=False, **workers)
         return train, val
 
+    def eval_loader(self, split: str, batch_size: int) -> DataLoader:
+        """Ordered loader of the ``val`` or ``test`` split; ``test`` falls back to ``val`` where
+        the data set has no held-out split (see :attr:`has_test`)."""
+        dataset = self.test if split == "test" and self.test is not None else self.val
+        return DataLoader(dataset, batch_size=max(batch_size, 256), shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    @property
+    def has_test(self) -> bool:
+        return self.test is not None
+
 
 def load_digits(
     image_size: int = 16,
     val_fraction: float = 0.2,
     classes: Sequence[int] | None = None,
     split_seed: int = 0,
+    test_fraction: float = 0.2,
 ) -> DataBundle:
-    """scikit-learn's digits, upsampled to ``image_size`` and standardized, with a fixed split.
+    """scikit-learn's digits, upsampled to ``image_size`` and standardized, with a fixed
+    train / val / test split (60 / 20 / 20 % by default).
 
     Args:
         image_size: side of the (bilinearly upsampled) images.
-        val_fraction: share of each class held out for validation.
+        val_fraction: share of each class held out for validation (selection).
+        test_fraction: share of each class held out for the final test (never selected on).
         classes: keep only these digits (labels are remapped to 0..k-1), e.g. (0, 1, 2, 3, 4)
             for a "small" data set against all ten.
         split_seed: the split is stratified and fixed by this seed.
@@ -71,6 +89,8 @@ def load_digits(
 
     if not 0 < val_fraction < 1:
         raise UserInputError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+    if not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise UserInputError(f"data.test_fraction must be above 0 and leave training data beside val_fraction, got {test_fraction}")
     if image_size < 8:
         raise UserInputError(f"data.image_size must be at least 8 for the digits, got {image_size}")
     digits = sklearn_digits()
@@ -82,15 +102,22 @@ def load_digits(
         mask = np.isin(labels, keep)
         images, labels = images[mask], np.searchsorted(keep, labels[mask])
     check_split(labels, val_fraction, "data.val_fraction")
+    check_split(labels, test_fraction, "data.test_fraction")
+    test_count = int(round(test_fraction * len(labels)))
+    if test_count < 1:
+        raise UserInputError(f"data.test_fraction {test_fraction} leaves an empty test split ({len(labels)} images)")
+    rest_x, test_x, rest_y, test_y = train_test_split(
+        images, labels, test_size=test_count, stratify=labels, random_state=split_seed + 1
+    )
     train_x, val_x, train_y, val_y = train_test_split(
-        images, labels, test_size=val_fraction, stratify=labels, random_state=split_seed
+        rest_x, rest_y, test_size=int(round(val_fraction * len(labels))), stratify=rest_y, random_state=split_seed
     )
 
     def to_tensor(x: np.ndarray) -> torch.Tensor:  # noqa: F821 - annotations are not evaluated
         t = torch.from_numpy(x)[:, None]
         return F.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False)
 
-    train_t, val_t = to_tensor(train_x), to_tensor(val_x)
+    train_t, val_t, test_t = to_tensor(train_x), to_tensor(val_x), to_tensor(test_x)
     mean, std = train_t.mean(), train_t.std()
     return DataBundle(
         train=TensorDataset((train_t - mean) / std, torch.from_numpy(train_y)),
@@ -98,6 +125,7 @@ def load_digits(
         num_classes=int(labels.max()) + 1,
         in_channels=1,
         image_size=image_size,
+        test=TensorDataset((test_t - mean) / std, torch.from_numpy(test_y)),
     )
 
 
@@ -140,6 +168,7 @@ def make_synthetic(
     image_size: int = 16,
     in_channels: int = 3,
     seed: int = 0,
+    num_test: int = 128,
 ) -> DataBundle:
     """Class templates plus noise: learnable in a few steps, for tests and benchmarks."""
     generator = torch.Generator().manual_seed(seed)
@@ -150,7 +179,8 @@ def make_synthetic(
         noise = torch.randn(n, in_channels, image_size, image_size, generator=generator)
         return TensorDataset(templates[labels] + 0.8 * noise, labels)
 
-    return DataBundle(split(num_train), split(num_val), num_classes, in_channels, image_size)
+    train, val = split(num_train), split(num_val)
+    return DataBundle(train, val, num_classes, in_channels, image_size, test=split(num_test))
 
 
 IN_MEMORY = ("digits", "synthetic")
@@ -169,7 +199,9 @@ class DataConfig:
     Image data sets read ``root`` (see :mod:`gmpq_ray.core.datasets` for each one's layout);
     ``image_size`` defaults to the data set's usual resolution (digits 16, CIFAR 32, others 224).
     ``classes`` keeps some digits only; ``train_fraction`` keeps a fixed random share of the
-    training split (of any data set), e.g. to make a small data set out of a large one.
+    training split (of any data set), e.g. to make a small data set out of a large one. The
+    digits hold out ``test_fraction`` (and the synthetic set ``num_test`` images) as a test split;
+    image data sets have train and val only here (their ``val`` is the data set's own eval split).
     """
 
     name: DataName = "digits"
@@ -179,10 +211,12 @@ class DataConfig:
     batch_size: int = 64
     num_workers: int = 0
     val_fraction: float = 0.2
+    test_fraction: float = 0.2
     classes: list[int] | None = None
     train_fraction: float = 1.0
     num_train: int = 256
     num_val: int = 128
+    num_test: int = 128
     num_classes: int = 4
     in_channels: int = 3
     seed: int = 0
@@ -195,6 +229,11 @@ class DataConfig:
         require(self.image_size is None or self.image_size <= MAX_IMAGE_SIZE, f"{field}image_size",
                 f"must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
         require(0 < self.val_fraction < 1, f"{field}val_fraction", "must be between 0 and 1")
+        require(0 < self.test_fraction < 1, f"{field}test_fraction",
+                "must be between 0 and 1 (an empty test split leaves nothing to report on)")
+        require(self.val_fraction + self.test_fraction < 1, f"{field}test_fraction",
+                f"with val_fraction {self.val_fraction} leaves no training data")
+        require(self.num_test >= 1, f"{field}num_test", "must be at least 1 (an empty test split leaves nothing to report on)")
         require(0 < self.train_fraction <= 1, f"{field}train_fraction", "must be in (0, 1]")
         require(0 <= self.num_workers <= MAX_LOADER_WORKERS, f"{field}num_workers",
                 f"must be between 0 and {MAX_LOADER_WORKERS}, got {self.num_workers}")
@@ -240,9 +279,10 @@ class DataConfig:
         """
         size = self.resolved_image_size
         if self.name == "digits":
-            bundle = load_digits(size, self.val_fraction, self.classes, self.seed)
+            bundle = load_digits(size, self.val_fraction, self.classes, self.seed, self.test_fraction)
         elif self.name == "synthetic":
-            bundle = make_synthetic(self.num_train, self.num_val, self.num_classes, size, self.in_channels, self.seed)
+            bundle = make_synthetic(self.num_train, self.num_val, self.num_classes, size, self.in_channels, self.seed,
+                                    self.num_test)
         else:
             bundle = DataBundle(
                 train=build_split(self.name, self.root, True, size, self.download),

@@ -1,4 +1,4 @@
-"""The GMPQ search loss: cross-entropy + λ_attr · attribution imitation + λ_c · complexity."""
+"""The GMPQ search loss: cross-entropy + λ_attr · attribution imitation + a complexity term."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmpq_ray.core.attribution import FeatureTap, capacity_exponent, class_activation_map, gradcam_map, imitation_loss
+from gmpq_ray.core.budget import DEFAULT_DUAL_LR, BudgetMultiplier, ComplexityTerm
 from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.convert import supernet_layers
 from gmpq_ray.core.models import model_entry
@@ -20,10 +21,15 @@ AttributionPath = Literal["closed_form", "autograd"]
 class GMPQObjective:
     """Loss function of a supernet search step, usable as the ``loss_fn`` of ``run_epoch``.
 
-    ``L = CE + lambda_attr * L_attr + lambda_c * E[BOPs] / bops_limit``: the complexity term is
-    the expected searched-layer BOPs under softmax(α) relative to the budget, so ``lambda_c``
-    means the same on every architecture. The teacher runs once per step without autograd, as
-    a frozen copy with folded batch norms, in bf16 where the hardware runs it natively
+    ``L = CE + lambda_attr * L_attr + complexity``. ``L_attr`` is the capacity-aware attribution
+    imitation (:func:`~gmpq_ray.core.attribution.imitation_loss`, averaged over batch and pixels
+    as the reference): the teacher's map is raised to a fixed power ``p`` (the reference's
+    ``--pnorm``) or, when ``p`` is None, to ``kappa * mean_l 1/(E[b_w] E[b_a])`` (its
+    ``--product``). The complexity term is a :class:`~gmpq_ray.core.budget.ComplexityTerm` of
+    the expected searched-layer BOPs under softmax(α) and of the argmax policy's BOPs; by default
+    a :class:`~gmpq_ray.core.budget.BudgetMultiplier` that starts at ``lambda_c`` and aims the
+    argmax at the limit. The teacher runs once per step without autograd, as a frozen copy
+    with folded batch norms, in bf16 where the hardware runs it natively
     (:func:`~gmpq_ray.core.teacher.inference_teacher`).
 
     Args:
@@ -32,6 +38,9 @@ class GMPQObjective:
         model_name: registry name of both networks (locates the feature map and classifier).
         cost: the deployment cost model.
         bops_limit: the searched-layer BOPs budget.
+        lambda_c: the starting multiplier of the default complexity term (ignored with ``complexity``).
+        p: a fixed imitation exponent; None for the capacity-aware one with ``kappa``.
+        complexity: the complexity term; None for ``BudgetMultiplier(bops_limit, lambda_c)``.
         attribution: ``"closed_form"`` (class activation map) or ``"autograd"`` (Grad-CAM with a
             second backward pass, as the reference code). A model whose head is not global
             average pooling then the classifier (``ModelEntry.cam_head``, e.g. timm's MobileNetV3)
@@ -41,7 +50,7 @@ class GMPQObjective:
 
     Example::
 
-        objective = GMPQObjective(supernet, teacher, "resnet18", cost, 15.3e9, 40.0, 3.0)
+        objective = GMPQObjective(supernet, teacher, "resnet18", cost, 15.3e9, 40.0, 1.0)
         run_epoch(supernet, loader, objective, [weight_opt, alpha_opt])
     """
 
@@ -57,6 +66,8 @@ class GMPQObjective:
         kappa: float = 24.0,
         attribution: AttributionPath = "closed_form",
         teacher_precision: TeacherPrecision = "auto",
+        p: float | None = None,
+        complexity: ComplexityTerm | None = None,
     ) -> None:
         if attribution not in ("closed_form", "autograd"):
             raise ValueError(f"attribution must be 'closed_form' or 'autograd', got {attribution!r}")
@@ -68,7 +79,9 @@ class GMPQObjective:
         self.layers = list(supernet_layers(student).items())
         self.macs = [float(cost.macs[name]) for name, _ in self.layers]
         self.bops_limit = float(bops_limit)
-        self.lambda_attr, self.lambda_c, self.kappa = float(lambda_attr), float(lambda_c), float(kappa)
+        self.lambda_attr, self.kappa = float(lambda_attr), float(kappa)
+        self.p = None if p is None else float(p)
+        self.complexity = complexity if complexity is not None else BudgetMultiplier(bops_limit, lambda_c, DEFAULT_DUAL_LR)
         self.attribution = attribution
         self.last_terms: dict[str, torch.Tensor] = {}
 
@@ -90,6 +103,22 @@ class GMPQObjective:
         total = sum(macs * w * a for macs, (w, a) in zip(self.macs, bits))
         return total, bits
 
+    def argmax_bops(self) -> torch.Tensor:
+        """Searched-layer BOPs of the argmax policy, as a tensor on the α's device (no host sync)."""
+        with torch.no_grad():
+            return sum(macs * layer.w_bit_values[layer.alpha_w.argmax()] * layer.a_bit_values[layer.alpha_a.argmax()]
+                       for macs, (_, layer) in zip(self.macs, self.layers))
+
+    def exponent(self, bits: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | float:
+        return self.p if self.p is not None else capacity_exponent(bits, self.kappa)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The complexity term's state (the budget multiplier), for trial checkpoints."""
+        return self.complexity.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.complexity.load_state_dict(state)
+
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.attribution == "autograd" and not torch.is_grad_enabled():
             with torch.enable_grad():
@@ -104,9 +133,10 @@ class GMPQObjective:
         else:
             student_maps = gradcam_map(features, logits, labels, create_graph=torch.is_grad_enabled())
         expected_bops, bits = self.expected_bops()
-        attr = imitation_loss(student_maps, teacher_maps, capacity_exponent(bits, self.kappa))
-        complexity = expected_bops / self.bops_limit
-        loss = ce + self.lambda_attr * attr + self.lambda_c * complexity
+        attr = imitation_loss(student_maps, teacher_maps, self.exponent(bits))
+        # Only training steps adapt the budget multiplier, not evaluation passes.
+        complexity = self.complexity(expected_bops, self.argmax_bops(), update=model.training and torch.is_grad_enabled())
+        loss = ce + self.lambda_attr * attr + complexity
         # Kept as tensors: reading them here would force a device sync every step.
         self.last_terms = {"ce": ce.detach(), "attr": attr.detach(), "complexity": complexity.detach()}
         return loss, logits

@@ -8,12 +8,16 @@ A policy is saved as JSON::
       "input_size": 224,
       "layers": {"layer1.0.conv1": {"w_bits": 4, "a_bits": 3}, ...},
       "fixed_layers": {"conv1": {"w_bits": 8, "a_bits": 8}, "fc": {"w_bits": 8, "a_bits": 8}},
-      "bops": {"searched_g": 15.1, "total_g": 22.9}
+      "bops": {"searched_g": 15.1, "total_g": 22.9},
+      "provenance": {"kind": "argmax", "repair_steps": 0, "fill_steps": 0}
     }
 
 ``layers`` holds the searched layers, ``fixed_layers`` the first conv and the classifier kept
 at a fixed precision. ``bops`` is informative: it is recomputed, never trusted, when the policy is
-applied. A bitwidth of 32 means "not quantized".
+applied. ``provenance`` (optional) says where a searched policy comes from: ``kind`` is
+``argmax`` (the supernet's argmax as it is), ``repaired`` (lowered into the limit by
+``repair_steps`` single-layer bit steps), ``filled`` (then raised by ``fill_steps`` steps
+towards the limit) or, for a sampled policy, ``proposal``. A bitwidth of 32 means "not quantized".
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class Policy:
     fixed_layers: dict[str, LayerBits] = field(default_factory=dict)
     input_size: int | None = None
     bops: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def all_layers(self) -> dict[str, LayerBits]:
         """Searched and fixed layers together, fixed layers first."""
@@ -102,6 +107,8 @@ class Policy:
         data["fixed_layers"] = {name: bits.to_dict() for name, bits in self.fixed_layers.items()}
         if self.bops:
             data["bops"] = dict(self.bops)
+        if self.provenance:
+            data["provenance"] = dict(self.provenance)
         return data
 
     @classmethod
@@ -109,7 +116,7 @@ class Policy:
         """Build a policy from parsed JSON, with errors that name the offending field."""
         if not isinstance(data, Mapping):
             raise UserInputError(f"{source}: a policy must be a JSON object")
-        allowed = {"format", "model", "input_size", "layers", "fixed_layers", "bops"}
+        allowed = {"format", "model", "input_size", "layers", "fixed_layers", "bops", "provenance"}
         unknown = set(data) - allowed
         if unknown:
             raise UserInputError(f"{source}: unknown key(s) {short_repr(sorted(map(str, unknown)))}; allowed: {sorted(allowed)}")
@@ -141,6 +148,7 @@ class Policy:
             fixed_layers={str(k): LayerBits.from_dict(v, f"{source}: fixed_layers.{k}") for k, v in fixed.items()},
             input_size=input_size,
             bops={str(k): float(v) for k, v in bops.items()},
+            provenance=_provenance(data.get("provenance", {}), source),
         )
 
     def to_json(self) -> str:
@@ -213,6 +221,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+PROVENANCE_KINDS = ("argmax", "repaired", "filled", "proposal")
+
+
+def _provenance(data: Any, source: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping) or set(data) - {"kind", "repair_steps", "fill_steps"}:
+        raise UserInputError(f"{source}: 'provenance' must be a mapping of kind, repair_steps and fill_steps")
+    if "kind" in data and data["kind"] not in PROVENANCE_KINDS:
+        raise UserInputError(f"{source}: provenance.kind must be one of {list(PROVENANCE_KINDS)}, got {data['kind']!r}")
+    for key in ("repair_steps", "fill_steps"):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserInputError(f"{source}: provenance.{key} must be a non-negative integer, got {value!r}")
+    return dict(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

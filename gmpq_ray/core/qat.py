@@ -2,7 +2,8 @@
 
 A discrete policy is applied to a copy of the FP teacher, its activation ranges are
 calibrated on training batches, and it is trained briefly with SGD; every epoch it is
-evaluated (accuracy and ARC against the teacher) on the validation split.
+evaluated (accuracy and ARC against the teacher) on the validation split, or on the held-out
+test split where a comparison reports candidates that a search selected on validation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class QATConfig:
     lr: float = 0.01
     weight_decay: float = 5e-4
     batch_size: int = 64
+    # "val" while searching (sampled trials select on it); "test" for the final report of
+    # candidates, so that the split that selected them does not also score them.
+    eval_split: str = "val"
 
 
 def quantized_copy(teacher: nn.Module, policy: Policy, fixed_bits: LayerBits = LayerBits(8, 8)) -> nn.Module:
@@ -55,13 +59,15 @@ class QATRun:
         self.model_name, self.config, self.device = model_name, config, device
         self.model = quantized_copy(self.teacher, policy, fixed_bits).to(device)
         self.train_loader, self.val_loader = data.loaders(config.batch_size, seed=seed)
+        if config.eval_split == "test":
+            self.val_loader = data.eval_loader("test", config.batch_size)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.epochs, 1))
         self.epoch = 0
         calibrate(self.model, self.train_loader, device)
 
     def epochs(self) -> Iterator[tuple[int, Evaluation, float]]:
-        """Train the remaining epochs, yielding (epoch, validation evaluation, train loss)."""
+        """Train the remaining epochs, yielding (epoch, evaluation on ``config.eval_split``, train loss)."""
         while self.epoch < self.config.epochs:
             self.epoch += 1
             train = run_epoch(self.model, self.train_loader, cross_entropy, [self.optimizer], self.device,

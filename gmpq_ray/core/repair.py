@@ -39,8 +39,13 @@ def repair_policy(
     a_candidates: Sequence[int],
     value: ValueFn | None = None,
     fill: bool = True,
+    source: str = "argmax",
 ) -> Policy:
     """Return a copy of ``policy`` whose searched-layer BOPs are at most ``bops_limit``.
+
+    The copy's ``provenance`` counts the single-layer bit steps the repair lowered
+    (``repair_steps``) and the fill raised (``fill_steps``); its ``kind`` is ``filled`` if the fill
+    raised any, else ``repaired`` if the repair lowered any, else ``source``.
 
     Args:
         policy: the proposal (its bits must be among the candidates).
@@ -49,6 +54,7 @@ def repair_policy(
         w_candidates, a_candidates: the bit choices of the search space.
         value: how much a (layer, "w_bits"|"a_bits", bits) choice is worth; higher is better.
         fill: after meeting the limit, spend what is left of the budget (see module doc).
+        source: the provenance kind of an untouched proposal (``argmax``, ``proposal``).
 
     Raises:
         UserInputError: even the lowest bits everywhere exceed the limit.
@@ -64,6 +70,7 @@ def repair_policy(
             f"{floor / 1e9:.4g} G (every layer at {w_cands[0]}/{a_cands[0]} bits)"
         )
     current = policy_searched_bops(layers, macs)
+    repair_steps = fill_steps = 0
 
     def step(name: str, kind: str, direction: int) -> tuple[int, float, LayerBits] | None:
         bits = layers[name]
@@ -90,6 +97,7 @@ def repair_policy(
         _, name, (delta_bops, _, new_bits) = best
         layers[name] = new_bits
         current += delta_bops
+        repair_steps += 1
 
     while fill:
         best = None
@@ -106,5 +114,8 @@ def repair_policy(
         _, name, (delta_bops, _, new_bits) = best
         layers[name] = new_bits
         current += delta_bops
+        fill_steps += 1
 
-    return Policy(policy.model, layers, dict(policy.fixed_layers), policy.input_size)
+    kind = "filled" if fill_steps else "repaired" if repair_steps else source
+    provenance = {"kind": kind, "repair_steps": repair_steps, "fill_steps": fill_steps}
+    return Policy(policy.model, layers, dict(policy.fixed_layers), policy.input_size, provenance=provenance)

@@ -34,6 +34,7 @@ from gmpq_ray.core.policy import Policy, write_text_atomic
 from gmpq_ray.core.pretrained import is_weights_name, local_path, read_state_dict
 from gmpq_ray.core.training import train_classifier
 from gmpq_ray.experiments.ablate_job import AblationJob, ArchitectureConfig, Pair, load_ablation_job, slug
+from gmpq_ray.experiments.baselines import best_uniform_policy, random_feasible_policies
 from gmpq_ray.finetune import FINAL_FILE, finetune, latest_checkpoint
 from gmpq_ray.finetune_job import FinetuneJob
 from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown
@@ -87,6 +88,11 @@ def run_ablation(
                         rows.append(row)
                         if policy is not None:
                             policies.setdefault(arch.label, {})[pair.dataset] = policy
+                    if job.config.target.baselines:
+                        for label, policy in _baseline_policies(pairs[0], pairs[0].search.search.seed):
+                            folder = out / slug(arch.label) / slug(label)
+                            row, _ = _finetune_pair(_as_baseline(pairs[0], label), (policy, None, ""), fp_path, folder, address, resume, log)
+                            rows.append(row)
             except (KeyboardInterrupt, Interrupted):
                 raise signals.interrupted("ablation", f"gmpq ablate {job_path or 'JOB'} --output {out} --resume") from None
     finally:
@@ -242,6 +248,21 @@ def _finetune_pair(pair: Pair, search: tuple[Policy | None, float | None, str], 
     }, policy
 
 
+BEST_UNIFORM, RANDOM_FEASIBLE = "best uniform", "random feasible"
+
+
+def _baseline_policies(pair: Pair, seed: int) -> list[tuple[str, Policy]]:
+    """The best uniform policy and one random feasible policy at the pair's search limit."""
+    space = pair.search.space
+    return [(BEST_UNIFORM, best_uniform_policy(space)), (RANDOM_FEASIBLE, random_feasible_policies(space, 1, seed)[0])]
+
+
+def _as_baseline(pair: Pair, label: str) -> Pair:
+    """The pair's finetune protocol, labelled (row and finetune run name) as a baseline."""
+    name = pair.finetune.name.removesuffix(slug(pair.dataset).replace(".", "_")) + slug(label)
+    return dataclasses.replace(pair, dataset=label, finetune=dataclasses.replace(pair.finetune, name=name))
+
+
 def _search(pair: Pair, folder: Path, resume: bool) -> tuple[Policy | None, float | None, str]:
     """One pair's search: (best policy, seconds, "") or (None, seconds, why no trial gave a policy)."""
     def log(line: str) -> None:  # the lines of concurrent searches, told apart
@@ -279,4 +300,7 @@ def _notes(job: AblationJob, seconds: float) -> list[str]:
         f"Search: {searched} per data set; finetune: "
         f"{ft.epochs} epoch(s), lr {ft.lr:g}, {'distilled from the FP model, ' if ft.distill else ''}{ft.workers} worker(s). "
         f"Wall time {seconds / 60:.1f} min.",
+        *([f"`{BEST_UNIFORM}` and `{RANDOM_FEASIBLE}`: the best uniform policy and one random feasible policy at the "
+           "first search's limit, finetuned by the same protocol, to read each searched column against."]
+          if job.config.target.baselines else []),
     ]

@@ -68,6 +68,9 @@ class TargetConfig:
     fp_epochs: int = 0
     fp_lr: float = 0.05
     finetune: dict[str, Any] = field(default_factory=dict)
+    # Per architecture, also finetune the best uniform policy and one random feasible policy at
+    # the first search's limit by the same protocol: what each searched column is read against.
+    baselines: bool = True
 
     def validate(self, where: str) -> None:
         require(self.fp_epochs >= 0, f"{key_path(where)}fp_epochs", "must not be negative")

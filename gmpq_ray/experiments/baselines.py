@@ -38,7 +38,7 @@ def random_feasible_policies(space: SearchSpace, count: int, seed: int = 0) -> l
             {name: space.fixed for name in cost.fixed},
             space.input_size,
         )
-        policy = repair_policy(proposal, cost.macs, space.bops_limit, space.w_bits, space.a_bits)
+        policy = repair_policy(proposal, cost.macs, space.bops_limit, space.w_bits, space.a_bits, source="proposal")
         policies.append(_with_bops(policy, cost, space))
     return policies
 

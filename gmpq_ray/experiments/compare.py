@@ -77,7 +77,13 @@ def run_compare(
                 start = time.perf_counter()
                 result = run_search(method_job, out / method, progress=False, log=log)
                 searches[method] = (result, time.perf_counter() - start)
-            candidates = [(method, result.best_policy) for method, (result, _) in searches.items()]
+            candidates = []
+            for method, (result, _) in searches.items():
+                if result.unfilled_policy is not None:
+                    # The fill is on: the search's own choice and what the greedy fill made of it, apart.
+                    candidates += [(method, result.unfilled_policy), (f"{method} + fill", result.best_policy)]
+                else:
+                    candidates.append((method, result.best_policy))
             candidates.append(("uniform", best_uniform_policy(job.base.space)))
             candidates += [(f"random-{i + 1}", p) for i, p in enumerate(random_feasible_policies(job.base.space, job.compare.random_policies, job.base.search.seed))]
             evaluations = _evaluate_all(job, teacher_state, candidates, data, log)
@@ -86,18 +92,22 @@ def run_compare(
             ray.shutdown()
     table = comparison_table(job, searches, candidates, evaluations)
     write_text_atomic(out / "comparison.csv", table.to_csv(index=False))
-    write_text_atomic(out / "comparison.md", comparison_markdown(job, table))
+    split = report_split(data)
+    write_text_atomic(out / "comparison.md", comparison_markdown(job, table, split))
     plot_pareto(table, {m: r.trials for m, (r, _) in searches.items()}, job.base.space.bops_limit / 1e9, out / "pareto.png")
-    log(comparison_markdown(job, table))
+    log(comparison_markdown(job, table, split))
     log(f"comparison written to {out / 'comparison.md'}, {out / 'comparison.csv'} and {out / 'pareto.png'}")
     return table
 
 
 def _evaluate_all(job: CompareJob, teacher_state, candidates, data, log) -> dict[str, list[dict]]:
     evaluation = job.compare.evaluation
-    qat = QATConfig(epochs=evaluation.epochs, lr=evaluation.lr, batch_size=job.base.data.batch_size)
+    # The searches selected their best trials on the validation split: the report scores every
+    # candidate on the held-out test split where the data set has one.
+    qat = QATConfig(epochs=evaluation.epochs, lr=evaluation.lr, batch_size=job.base.data.batch_size,
+                    eval_split=report_split(data))
     log(f"== evaluating {len(candidates)} policies x {evaluation.seeds} seeds with one QAT protocol "
-        f"({evaluation.epochs} epochs, lr {evaluation.lr}) ==")
+        f"({evaluation.epochs} epochs, lr {evaluation.lr}), scored on the {qat.eval_split} split ==")
     teacher_ref = ray.put(teacher_state)
     futures = {
         name: [_evaluate_remote.remote(job.base, teacher_ref, policy.to_dict(), qat, seed) for seed in range(evaluation.seeds)]
@@ -106,22 +116,48 @@ def _evaluate_all(job: CompareJob, teacher_state, candidates, data, log) -> dict
     return {name: ray.get(refs) for name, refs in futures.items()}
 
 
+def report_split(data) -> str:
+    """The split a report scores candidates on: ``test`` where the data set holds one out."""
+    return "test" if data.has_test else "val"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired_difference(values: list[float], reference: list[float]) -> tuple[float, float, float]:
+    """Mean of the per-seed differences ``values - reference`` and its 95 % t interval (low, high).
+
+    Seed i of every candidate shares the QAT's initial state and batch order, so the
+    differences are paired; with one seed the interval is unbounded (nan).
+    """
+    differences = [a - b for a, b in zip(values, reference)]
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return mean, float("nan"), float("nan")
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
+    return mean, mean - half, mean + half
 
 
 def comparison_table(job: CompareJob, searches, candidates, evaluations) -> pd.DataFrame:
     """One row per evaluated policy: method, BOPs, accuracy and ARC (mean, std over seeds),
     search seconds, trials run and pruned (by reason)."""
     rows = []
+    uniform = [e["accuracy"] for e in evaluations["uniform"]] if "uniform" in evaluations else None
     for name, policy in candidates:
         accuracy = _mean_std([e["accuracy"] for e in evaluations[name]])
         arc = _mean_std([e["arc"] for e in evaluations[name]])
+        versus = (paired_difference([e["accuracy"] for e in evaluations[name]], uniform) if uniform is not None
+                  else (float("nan"),) * 3)
         row = {
             "method": name,
             "bops_g": policy.bops.get("searched_g"),
+            "provenance": policy.provenance.get("kind", ""),
             "accuracy_mean": accuracy[0], "accuracy_std": accuracy[1],
             "arc_mean": arc[0], "arc_std": arc[1],
+            "vs_uniform_mean": versus[0], "vs_uniform_low": versus[1], "vs_uniform_high": versus[2],
             "seeds": len(evaluations[name]),
             "search_seconds": None, "trials": None, "pruned_bops_limit": None, "pruned_arc": None, "errored": None,
             "policy": " ".join(f"{b.w_bits}/{b.a_bits}" for b in policy.layers.values()),
@@ -137,7 +173,7 @@ def comparison_table(job: CompareJob, searches, candidates, evaluations) -> pd.D
     return pd.DataFrame(rows)
 
 
-def comparison_markdown(job: CompareJob, table: pd.DataFrame) -> str:
+def comparison_markdown(job: CompareJob, table: pd.DataFrame, split: str = "test") -> str:
     """The comparison as a Markdown table."""
     evaluation = job.compare.evaluation
     budget = job.compare.budget
@@ -146,16 +182,24 @@ def comparison_markdown(job: CompareJob, table: pd.DataFrame) -> str:
         "",
         f"Search space `{job.base.space.model}`, BOPs limit {job.base.space.bops_limit / 1e9:.4g} G (searched layers); "
         f"budget per method: {f'{budget.num_trials} trials' if budget.num_trials else f'{budget.time_budget_s:g} s'}; "
-        f"every policy evaluated with the same QAT ({evaluation.epochs} epochs, lr {evaluation.lr}) over {evaluation.seeds} seeds.",
+        f"every policy evaluated with the same QAT ({evaluation.epochs} epochs, lr {evaluation.lr}) over {evaluation.seeds} seeds, "
+        f"accuracy and ARC on the **{split}** split"
+        + (" (held out: the searches selected their best trials on val)." if split == "test" else
+           " (this data set has no held-out test split here: the searches selected on it too)."),
+        "`vs uniform`: the paired per-seed accuracy difference to the best uniform policy, mean [95 % interval], points.",
         "",
-        "| method | BOPs (G) | accuracy (%) | ARC | search (s) | trials | pruned: BOPs / ARC | errored |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| method | BOPs (G) | policy | {split} accuracy (%) | vs uniform (points) | {split} ARC | search (s) | trials | "
+        "pruned: BOPs / ARC | errored |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in table.itertuples():
         searched = row.trials is not None and not pd.isna(row.trials)
+        versus = "-" if row.method == "uniform" or pd.isna(row.vs_uniform_mean) else (
+            f"{100 * row.vs_uniform_mean:+.2f} [{100 * row.vs_uniform_low:+.2f}, {100 * row.vs_uniform_high:+.2f}]"
+            if not pd.isna(row.vs_uniform_low) else f"{100 * row.vs_uniform_mean:+.2f}")
         lines.append(
-            f"| {row.method} | {row.bops_g:.4g} | {100 * row.accuracy_mean:.2f} ± {100 * row.accuracy_std:.2f} | "
-            f"{row.arc_mean:.3f} ± {row.arc_std:.3f} | "
+            f"| {row.method} | {row.bops_g:.4g} | {row.provenance or '-'} | {100 * row.accuracy_mean:.2f} ± {100 * row.accuracy_std:.2f} | "
+            f"{versus} | {row.arc_mean:.3f} ± {row.arc_std:.3f} | "
             + (f"{row.search_seconds:.0f} | {int(row.trials)} | {int(row.pruned_bops_limit)} / {int(row.pruned_arc)} | {int(row.errored)} |"
                if searched else "- | - | - | - |")
         )

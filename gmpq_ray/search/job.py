@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gmpq_ray.core.budget import DEFAULT_DUAL_LR, REFERENCE_CD, ComplexityForm
 from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, require_seed, short_repr
 from gmpq_ray.core.data import DataConfig
 from gmpq_ray.core.errors import UserInputError
@@ -21,21 +22,28 @@ from gmpq_ray.core.searchspace import SearchSpace
 from gmpq_ray.core.teacher import TeacherPrecision
 from gmpq_ray.search.metrics import TRIAL_METRICS
 
-# Hyper-parameters of the differentiable search that a job may tune, with their defaults
-# (the GMPQ reference values for lambda_attr, lr_weights, lr_alpha and kappa; lambda_c is
-# relative to the budget here, see GMPQObjective).
+# Hyper-parameters of the differentiable search that a job may tune, with their defaults.
+# Where the GMPQ reference code (ZiweiWangTHU/GMPQ, search_attention.py; its README's search
+# command for ResNet-18 on CIFAR-10) has the knob, the default is its value:
 SEARCH_PARAM_DEFAULTS: dict[str, float] = {
-    "lambda_attr": 40.0,
+    "lambda_attr": 40.0,    # --aw 40 (README command; the argparse default is 20)
+    "lr_weights": 0.1,      # --lr 0.1, SGD momentum 0.9
+    "lr_alpha": 0.01,       # --lra 0.01, SGD momentum 0.9
+    "weight_decay": 1e-4,   # --wd 1e-4, on the weights *and* on alpha (both optimizers)
+    "kappa": 24.0,          # --product 24: p = kappa * mean_l 1/(E[b_w] E[b_a]) (capacity-aware)
+    "cd": REFERENCE_CD,     # --cd 3e-4: weight of E[BOPs]/MACs(first searched layer), complexity: reference
+    # Not in the reference: the budget multiplier (complexity: budget, the default here) starts
+    # at lambda_c and moves by dual_lr per step while the argmax policy is outside the band.
     "lambda_c": 1.0,
-    "lr_weights": 0.05,
-    "lr_alpha": 0.01,
-    "kappa": 24.0,
-    "weight_decay": 5e-4,
+    "dual_lr": DEFAULT_DUAL_LR,
 }
-# What each parameter's values must exceed (learning rates and kappa: > 0), or reach (>= 0: a
-# lambda or the weight decay of 0 switches its term off).
-_POSITIVE_PARAMS = ("lr_weights", "lr_alpha", "kappa")
-_NON_NEGATIVE_PARAMS = ("lambda_attr", "lambda_c", "weight_decay")
+# What each parameter's values must exceed (learning rates, kappa, p and the multiplier's step:
+# > 0), or reach (>= 0: a lambda, cd or the weight decay of 0 switches its term off).
+_POSITIVE_PARAMS = ("lr_weights", "lr_alpha", "kappa", "p", "dual_lr")
+_NON_NEGATIVE_PARAMS = ("lambda_attr", "lambda_c", "weight_decay", "cd")
+# Tunable without a default: ``p``, the reference's fixed imitation exponent (--pnorm 3, the
+# exponent its README's command runs with). A job gives either ``p`` or ``kappa``, not both.
+OPTIONAL_SEARCH_PARAMS: tuple[str, ...] = ("p",)
 
 
 @dataclass
@@ -116,7 +124,12 @@ class SearchConfig:
     attribution: Literal["closed_form", "autograd"] = "closed_form"
     teacher_precision: TeacherPrecision = "auto"
     quantizer_kernels: Literal["auto", "compiled", "eager"] = "auto"
-    fill_budget: bool = True
+    complexity: ComplexityForm = "budget"
+    schedule: Literal["step", "cosine"] = "step"
+    step_epochs: int = 10
+    # Differentiable only: raise the derived policy's bits up to the limit after repair. Off by
+    # default, so that the reported policy is the supernet's argmax (repaired only if over).
+    fill_budget: bool = False
     proxy: Literal["arc", "kl", "fit"] = "kl"
     proxy_batches: int = 4
     proxy_data: Literal["train", "noise"] = "train"
@@ -139,9 +152,12 @@ class SearchConfig:
         require(self.bops_tolerance >= 0, f"{key_path(where)}bops_tolerance", "must not be negative")
         require(self.arc_weight >= 0, f"{key_path(where)}arc_weight", f"must not be negative, got {self.arc_weight}")
         require_seed(self.seed, f"{key_path(where)}seed")
-        unknown = sorted(set(self.params) - set(SEARCH_PARAM_DEFAULTS))
-        require(not unknown, f"{key_path(where)}params",
-                f"unknown parameter(s) {short_repr(unknown)}; allowed: {sorted(SEARCH_PARAM_DEFAULTS)}")
+        require(self.step_epochs >= 1, f"{key_path(where)}step_epochs", "must be at least 1")
+        allowed = sorted([*SEARCH_PARAM_DEFAULTS, *OPTIONAL_SEARCH_PARAMS])
+        unknown = sorted(set(self.params) - set(allowed))
+        require(not unknown, f"{key_path(where)}params", f"unknown parameter(s) {short_repr(unknown)}; allowed: {allowed}")
+        require(not ("p" in self.params and "kappa" in self.params), f"{key_path(where)}params.p",
+                "give either p (a fixed imitation exponent) or kappa (the capacity-aware one), not both")
         for name, spec in self.params.items():
             smallest = min(number for number in (spec.value, spec.low, *(spec.choices or [])) if number is not None)
             if name in _POSITIVE_PARAMS:
@@ -171,8 +187,10 @@ class SearchConfig:
         return self.bops_warmup_epochs if self.bops_warmup_epochs is not None else math.ceil(self.epochs / 2)
 
     def resolved_params(self) -> dict[str, ParamSpec]:
-        """Every tunable parameter: the job's spec, or its fixed default."""
-        return {name: self.params.get(name, ParamSpec(value=default)) for name, default in SEARCH_PARAM_DEFAULTS.items()}
+        """Every tunable parameter: the job's spec, or its fixed default (``p`` only where given)."""
+        resolved = {name: self.params.get(name, ParamSpec(value=default)) for name, default in SEARCH_PARAM_DEFAULTS.items()}
+        resolved.update({name: self.params[name] for name in OPTIONAL_SEARCH_PARAMS if name in self.params})
+        return resolved
 
 
 @dataclass

@@ -42,7 +42,7 @@ from gmpq_ray.search.metrics import TRIAL_METRICS
 from gmpq_ray.search.optuna_search import RecordingOptunaSearch
 from gmpq_ray.search.sampling_trial import sampling_space, sampling_trial
 from gmpq_ray.search.scheduler import STOP_REASONS_FILE, BudgetAndARCScheduler, make_pruner, read_stop_reasons
-from gmpq_ray.search.trial import POLICY_FILE, TrialContext, supernet_trial, trial_device
+from gmpq_ray.search.trial import POLICY_FILE, UNFILLED_POLICY_FILE, TrialContext, supernet_trial, trial_device
 
 JOB_FILE = "job.yaml"
 TEACHER_FILE = "teacher.pt"
@@ -66,6 +66,9 @@ class SearchResult:
     best_policy_path: Path
     trials: pd.DataFrame
     seconds: float
+    # With ``fill_budget`` on: the best trial's policy before the fill (its argmax, repaired if
+    # over the limit), so that a comparison can show what the fill adds.
+    unfilled_policy: Policy | None = None
 
 
 def tune_domain(spec: ParamSpec):
@@ -215,12 +218,14 @@ def run_search(
         raise NoResultError(str(err), time.perf_counter() - start) from None
     with best.checkpoint.as_directory() as checkpoint:
         policy = Policy.load(Path(checkpoint) / POLICY_FILE)
+        unfilled_path = Path(checkpoint) / UNFILLED_POLICY_FILE
+        unfilled = Policy.load(unfilled_path) if unfilled_path.is_file() else None
     best_path = out / "best_policy.json"
     policy.save(best_path)
     plot_policy(policy, out / "best_policy.png", title=f"{job.name}: best policy")
     seconds = time.perf_counter() - start
     log(summary(trials, job, policy, best_path, seconds))
-    return SearchResult(out, policy, best_path, trials, seconds)
+    return SearchResult(out, policy, best_path, trials, seconds, unfilled)
 
 
 def _run(job: Job, out: Path, folder: RunFolder, teacher_state, teacher_needs_training: bool, resume: bool,
@@ -362,8 +367,8 @@ def _fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], signals: S
     searcher = make_searcher(job, out / "study.db")
     scheduler = BudgetAndARCScheduler(
         searcher, job.space.bops_limit / 1e9,
-        # A supernet's expected BOPs come down over the first epochs and its derived policy is
-        # repaired anyway: it gets a warm-up and some slack; a sampled policy's BOPs are exact.
+        # A supernet's argmax policy needs some epochs to settle near the limit and is repaired
+        # anyway: it gets a warm-up and some slack; a sampled policy's BOPs are exact.
         bops_warmup_epochs=search.supernet_bops_warmup() if search.method == "differentiable" else 0,
         bops_tolerance=search.bops_tolerance if search.method == "differentiable" else 0.0,
         pruner=make_pruner(search.pruner), record_path=out / STOP_REASONS_FILE,
@@ -460,6 +465,16 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     write_text_atomic(path, frame.to_csv(index=False))
 
 
+def _provenance_note(policy: Policy) -> str:
+    """'argmax', or 'repaired (2 steps down)', 'filled (1 step down, 3 up)'."""
+    provenance = policy.provenance
+    kind = provenance.get("kind", "unknown provenance")
+    down, up = provenance.get("repair_steps", 0), provenance.get("fill_steps", 0)
+    if not down and not up:
+        return kind
+    return f"{kind} ({down} step(s) down, {up} up)"
+
+
 def summary(trials: pd.DataFrame, job: Job, policy: Policy, best_path: Path, seconds: float) -> str:
     """The table printed at the end of a search."""
     hidden = ("error", "loss", "ce", "attr_loss", "score", "budget_bops_g", "proposal")
@@ -474,6 +489,6 @@ def summary(trials: pd.DataFrame, job: Job, policy: Policy, best_path: Path, sec
         f"{stopped_note}{int((trials.status == 'ERROR').sum())} errored, {seconds:.0f} s ==\n"
         f"{table}\n\n"
         f"best policy ({job.search.metric} {job.search.mode}): {policy.bops.get('searched_g', float('nan')):.4g} G BOPs "
-        f"(limit {job.space.bops_limit / 1e9:.4g} G), w/a bits per layer: {bits}\n"
+        f"(limit {job.space.bops_limit / 1e9:.4g} G), {_provenance_note(policy)}, w/a bits per layer: {bits}\n"
         f"best policy written to {best_path}\n"
     )

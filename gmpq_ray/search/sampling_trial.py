@@ -76,7 +76,8 @@ def policy_to_evaluate(config: dict[str, Any], job) -> tuple[Policy, Policy]:
     proposal = proposed_policy(config, job)
     policy = proposal
     if job.search.proposal_mode == "repair":
-        policy = repair_policy(proposal, space.cost_model().macs, space.bops_limit, space.w_bits, space.a_bits)
+        policy = repair_policy(proposal, space.cost_model().macs, space.bops_limit, space.w_bits, space.a_bits,
+                               source="proposal")
     cost = space.cost_model()
     searched, total = cost.policy_bops(policy, space.fixed)
     policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
@@ -91,10 +92,11 @@ def sampling_trial(config: dict[str, Any], context: TrialContext) -> None:
     proposal, policy = policy_to_evaluate(config, job)
     bops_g = policy.bops["searched_g"]
     nan = {name: float("nan") for name in TRIAL_METRICS}
+    steps = {key: float(policy.provenance.get(key, 0)) for key in ("repair_steps", "fill_steps")}
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         tune.report({**nan, "epoch": 0, "argmax_bops_g": cost.policy_bops(proposal, space.fixed)[0] / 1e9,
-                     "expected_bops_g": bops_g, "policy_bops_g": bops_g, "budget_bops_g": bops_g})
+                     "expected_bops_g": bops_g, "policy_bops_g": bops_g, "budget_bops_g": bops_g, **steps})
 
     torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
     device = trial_device(job)
@@ -116,6 +118,7 @@ def sampling_trial(config: dict[str, Any], context: TrialContext) -> None:
                 "epoch": epoch, "loss": train_loss, "ce": train_loss, "attr_loss": 0.0,
                 "accuracy": evaluation.accuracy, "arc": evaluation.arc,
                 "expected_bops_g": bops_g, "argmax_bops_g": cost.policy_bops(proposal, space.fixed)[0] / 1e9,
+                "argmax_accuracy": evaluation.accuracy, **steps,
                 "policy_bops_g": bops_g, "policy_accuracy": evaluation.accuracy, "policy_arc": evaluation.arc,
                 "score": evaluation.accuracy + job.search.arc_weight * evaluation.arc, "budget_bops_g": bops_g,
             }

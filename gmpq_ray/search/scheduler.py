@@ -4,7 +4,7 @@ A Ray Tune ``TrialScheduler`` with two rules, checked on every reported result:
 
 * **BOPs limit**: a trial whose ``budget_bops_g`` exceeds the limit is stopped at once, from
   ``bops_warmup_epochs`` on (0 for sampled policies: they report their BOPs before building the
-  network; a supernet's expected BOPs get half its epochs by default to come down, and a
+  network; a supernet's argmax BOPs get half its epochs by default to come down, and a
   relative ``bops_tolerance``, as its derived policy is repaired anyway). Reason ``bops_limit``.
 * **ARC degradation**: each epoch's ``arc`` is reported to an Optuna pruner (median, percentile
   or successive halving) that compares it with the other trials' ARC at the same epoch; when

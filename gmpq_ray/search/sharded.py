@@ -39,13 +39,14 @@ from gmpq_ray.ray_train_glue import quiet_ray_train_reports
 from gmpq_ray.search.job import Job
 from gmpq_ray.search.metrics import TRIAL_METRICS
 from gmpq_ray.search.trial import (
-    POLICY_FILE,
     STATE_FILE,
     TrialContext,
     build_supernet,
     choose_quantizer_kernels,
+    make_objective,
     make_optimizers,
     restore_trial_state,
+    save_policies,
     seed_everything,
     train_and_evaluate_epoch,
     training_pixels,
@@ -136,22 +137,22 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
     teacher, supernet = build_supernet(job, ray.get(loop_config["teacher_state"]), data, device)
     supernet.to(device)
-    weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs)
+    weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs, job.search.schedule,
+                                                      job.search.step_epochs)
     choose_quantizer_kernels(job, training_pixels(len(train_loader.sampler), job.search.epochs, data.image_size), device)
 
+    cost = space.cost_model()
+    gmpq_objective = make_objective(supernet, teacher, job, config, cost)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        start_epoch = restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule)
+        start_epoch = restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule, gmpq_objective)
     elif rank == 0:
         # DDP gives every worker rank 0's calibrated clips when it wraps the model.
         calibrate(supernet, train_loader, device)
     ddp_model = ray.train.torch.prepare_model(supernet, move_to_device=False)
-    cost = space.cost_model()
-    objective = _ThroughDDP(GMPQObjective(
-        supernet, teacher, space.model, cost, space.bops_limit,
-        config["lambda_attr"], config["lambda_c"], config["kappa"], job.search.attribution, job.search.teacher_precision,
-    ), ddp_model)
+    # Every worker adapts its own copy of the budget multiplier from the same (synchronized) α.
+    objective = _ThroughDDP(gmpq_objective, ddp_model)
 
     for epoch in range(start_epoch + 1, job.search.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
@@ -168,14 +169,14 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             return
         metrics["loss"] = _sum_over_workers(metrics["loss"], device) / world
         schedule.step()
-        _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, rank)
+        _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, rank, gmpq_objective, job)
 
 
-def _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, rank) -> None:
+def _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, rank, objective, job) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            torch.save(trial_state(supernet, weight_opt, alpha_opt, schedule, epoch), os.path.join(folder, STATE_FILE))
-            policy.save(os.path.join(folder, POLICY_FILE))
+            torch.save(trial_state(supernet, weight_opt, alpha_opt, schedule, epoch, objective), os.path.join(folder, STATE_FILE))
+            save_policies(folder, policy, supernet, job)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")

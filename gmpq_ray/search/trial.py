@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from ray import tune
 
-from gmpq_ray.core.calibration import calibrate
+from gmpq_ray.core.budget import make_complexity
+from gmpq_ray.core.calibration import calibrate, reestimated_batch_norm
 from gmpq_ray.core.convert import argmax_policy, pinned_policy, supernet_layers, to_supernet
 from gmpq_ray.core.evaluation import evaluate_with_arc
 from gmpq_ray.core.models import create_model
@@ -37,7 +38,11 @@ from gmpq_ray.search.job import Job
 from gmpq_ray.search.metrics import TRIAL_METRICS
 
 STATE_FILE = "trial_state.pt"
+# Training batches that re-estimate a derived policy's batch-norm statistics before it is scored.
+BN_BATCHES = 8
 POLICY_FILE = "policy.json"
+# With fill_budget on, the derived policy before the fill (the argmax, repaired if over the limit).
+UNFILLED_POLICY_FILE = "policy_unfilled.json"
 
 # ``quantizer_kernels: auto`` compiles the quantizer kernels for a worker that trains on at
 # least this many input pixels (images x epochs x height x width): the quantizers' work grows
@@ -96,8 +101,10 @@ def choose_quantizer_kernels(job: Job, pixels: int, device: torch.device) -> boo
     return compiled
 
 
-def derive_policy(supernet: torch.nn.Module, job: Job) -> tuple[Policy, Policy]:
-    """(argmax policy, policy repaired to the budget) of a supernet.
+def derive_policy(supernet: torch.nn.Module, job: Job, fill: bool | None = None) -> tuple[Policy, Policy]:
+    """(argmax policy, derived policy) of a supernet: the argmax, repaired if it is over the limit
+    and, with ``fill`` (default: the job's ``fill_budget``), filled up to it; the derived policy's ``provenance`` says which
+    (``argmax``, ``repaired``, ``filled``) and counts the steps.
 
     Repair values each choice by its α log-probability, so it lowers first the bits the
     supernet was least sure of and fills the budget with the ones it wanted most.
@@ -114,11 +121,27 @@ def derive_policy(supernet: torch.nn.Module, job: Job) -> tuple[Policy, Policy]:
     cost = space.cost_model()
     repaired = repair_policy(
         argmax, cost.macs, space.bops_limit, space.w_bits, space.a_bits,
-        value=lambda layer, kind, bits: log_probs[layer][kind][bits], fill=job.search.fill_budget,
+        value=lambda layer, kind, bits: log_probs[layer][kind][bits], source="argmax",
+        fill=job.search.fill_budget if fill is None else fill,
     )
-    searched, total = cost.policy_bops(repaired, space.fixed)
-    repaired.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+    for policy in (argmax, repaired):
+        searched, total = cost.policy_bops(policy, space.fixed)
+        policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
     return argmax, repaired
+
+
+def save_policies(folder: str, policy: Policy, supernet: torch.nn.Module, job: Job) -> None:
+    """Write a checkpoint's derived policy and, when it was filled, the policy before the fill."""
+    policy.save(os.path.join(folder, POLICY_FILE))
+    if job.search.fill_budget:
+        derive_policy(supernet, job, fill=False)[1].save(os.path.join(folder, UNFILLED_POLICY_FILE))
+
+
+def score_policy(supernet, teacher, policy: Policy, job: Job, train_loader, val_loader, device):
+    """Accuracy and ARC of a discrete policy run with the supernet's shared weights, its
+    batch-norm statistics re-estimated for that policy on ``BN_BATCHES`` training batches."""
+    with pinned_policy(supernet, policy), reestimated_batch_norm(supernet, train_loader, device, BN_BATCHES):
+        return evaluate_with_arc(supernet, teacher, job.space.model, val_loader, device)
 
 
 def build_supernet(job: Job, teacher_state: dict[str, torch.Tensor], data, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -144,22 +167,20 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
     teacher, supernet = build_supernet(job, context.teacher_state, data, device)
     supernet.to(device)
 
-    weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs)
+    weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs, job.search.schedule,
+                                                      job.search.step_epochs)
     epochs = job.search.epochs
     choose_quantizer_kernels(job, training_pixels(len(data.train), epochs, data.image_size), device)
 
+    cost = space.cost_model()
+    objective = make_objective(supernet, teacher, job, config, cost)
     start_epoch = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        start_epoch = restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule)
+        start_epoch = restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule, objective)
     else:
         calibrate(supernet, train_loader, device)
 
-    cost = space.cost_model()
-    objective = GMPQObjective(
-        supernet, teacher, space.model, cost, space.bops_limit,
-        config["lambda_attr"], config["lambda_c"], config["kappa"], job.search.attribution, job.search.teacher_precision,
-    )
     for epoch in range(start_epoch + 1, epochs + 1):
         try:
             metrics, policy = train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loader, val_loader,
@@ -171,14 +192,36 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
             return
         schedule.step()
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(trial_state(supernet, weight_opt, alpha_opt, schedule, epoch), os.path.join(folder, STATE_FILE))
-            policy.save(os.path.join(folder, POLICY_FILE))
+            torch.save(trial_state(supernet, weight_opt, alpha_opt, schedule, epoch, objective),
+                       os.path.join(folder, STATE_FILE))
+            save_policies(folder, policy, supernet, job)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def make_optimizers(supernet: torch.nn.Module, config: dict[str, Any], epochs: int):
+class Schedules:
+    """The learning-rate schedules of a trial's optimizers, stepped once per epoch as one."""
+
+    def __init__(self, schedules: list[torch.optim.lr_scheduler.LRScheduler]) -> None:
+        self.schedules = schedules
+
+    def step(self) -> None:
+        for schedule in self.schedules:
+            schedule.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedules": [schedule.state_dict() for schedule in self.schedules]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for schedule, saved in zip(self.schedules, state["schedules"]):
+            schedule.load_state_dict(saved)
+
+
+def make_optimizers(supernet: torch.nn.Module, config: dict[str, Any], epochs: int, schedule: str = "step",
+                    step_epochs: int = 10):
     """SGD for the network weights and activation clips (no weight decay on clips), SGD for α
-    apart, and a cosine schedule of the weights' learning rate over ``epochs``."""
+    apart (with the weights' decay, as the reference's arch optimizer), and their schedule:
+    ``step`` (the reference's ``adjust_learning_rate``: both rates x0.1 every ``step_epochs``)
+    or ``cosine`` (the weights' rate annealed over ``epochs``, α's constant)."""
     alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
     clips = [p for n, p in supernet.named_parameters() if n.endswith("act_quant.clip")]
     weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a", "act_quant.clip"))]
@@ -186,13 +229,31 @@ def make_optimizers(supernet: torch.nn.Module, config: dict[str, Any], epochs: i
         [{"params": weights, "weight_decay": config["weight_decay"]}, {"params": clips, "weight_decay": 0.0}],
         lr=config["lr_weights"], momentum=0.9,
     )
-    alpha_opt = torch.optim.SGD(alphas, lr=config["lr_alpha"], momentum=0.9)
-    return weight_opt, alpha_opt, torch.optim.lr_scheduler.CosineAnnealingLR(weight_opt, T_max=epochs)
+    alpha_opt = torch.optim.SGD(alphas, lr=config["lr_alpha"], momentum=0.9, weight_decay=config["weight_decay"])
+    if schedule == "step":
+        schedules = [torch.optim.lr_scheduler.StepLR(opt, step_size=step_epochs, gamma=0.1) for opt in (weight_opt, alpha_opt)]
+    else:
+        schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(weight_opt, T_max=epochs)]
+    return weight_opt, alpha_opt, Schedules(schedules)
 
 
-def trial_state(supernet, weight_opt, alpha_opt, schedule, epoch: int) -> dict[str, Any]:
-    """What a trial checkpoint holds (``STATE_FILE``): network with α and clips, optimizers, schedule, RNG, epoch."""
+def make_objective(supernet: torch.nn.Module, teacher: torch.nn.Module, job: Job, config: dict[str, Any], cost) -> GMPQObjective:
+    """The search loss of a trial: the job's complexity form, exponent and attribution path."""
+    space = job.space
+    first_searched = space.cost_model().searched[0]
+    complexity = make_complexity(job.search.complexity, space.bops_limit, float(cost.macs[first_searched]),
+                                 config["lambda_c"], config["dual_lr"], config["cd"])
+    return GMPQObjective(
+        supernet, teacher, space.model, cost, space.bops_limit, config["lambda_attr"], config["lambda_c"], config["kappa"],
+        job.search.attribution, job.search.teacher_precision, p=config.get("p"), complexity=complexity,
+    )
+
+
+def trial_state(supernet, weight_opt, alpha_opt, schedule, epoch: int, objective=None) -> dict[str, Any]:
+    """What a trial checkpoint holds (``STATE_FILE``): network with α and clips, optimizers, schedule, RNG, epoch,
+    and the objective's state (the budget multiplier)."""
     return {
+        "objective": objective.state_dict() if objective is not None else {},
         "supernet": supernet.state_dict(),
         "weight_opt": weight_opt.state_dict(),
         "alpha_opt": alpha_opt.state_dict(),
@@ -202,7 +263,7 @@ def trial_state(supernet, weight_opt, alpha_opt, schedule, epoch: int) -> dict[s
     }
 
 
-def restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule) -> int:
+def restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, schedule, objective=None) -> int:
     """Load a Tune or Train checkpoint written with :func:`trial_state`; returns its epoch."""
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
@@ -211,6 +272,8 @@ def restore_trial_state(checkpoint, device, supernet, weight_opt, alpha_opt, sch
     alpha_opt.load_state_dict(state["alpha_opt"])
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])
+    if objective is not None and state.get("objective"):
+        objective.load_state_dict(state["objective"])
     return state["epoch"]
 
 
@@ -221,8 +284,12 @@ def train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loa
     terms = {name: float(value) for name, value in objective.last_terms.items()}
     supernet_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
     argmax, policy = derive_policy(supernet, job)
-    with pinned_policy(supernet, policy):
-        policy_eval = evaluate_with_arc(supernet, teacher, space.model, val_loader, device)
+    policy_eval = score_policy(supernet, teacher, policy, job, train_loader, val_loader, device)
+    # The argmax is scored too (the same numbers when it needed neither repair nor fill), so
+    # that a trial shows what the search chose beside what it reports.
+    argmax_eval = policy_eval if policy.layers == argmax.layers else score_policy(
+        supernet, teacher, argmax, job, train_loader, val_loader, device)
+    provenance = policy.provenance
     metrics = {
         "epoch": epoch,
         "loss": train.loss,
@@ -231,13 +298,18 @@ def train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loa
         "accuracy": supernet_eval.accuracy,
         "arc": supernet_eval.arc,
         "expected_bops_g": float(objective.expected_bops()[0].detach()) / 1e9,
-        "argmax_bops_g": cost.policy_bops(argmax, space.fixed)[0] / 1e9,
+        "argmax_bops_g": argmax.bops["searched_g"],
+        "argmax_accuracy": argmax_eval.accuracy,
         "policy_bops_g": policy.bops["searched_g"],
         "policy_accuracy": policy_eval.accuracy,
         "policy_arc": policy_eval.arc,
+        "repair_steps": float(provenance["repair_steps"]),
+        "fill_steps": float(provenance["fill_steps"]),
         "score": policy_eval.accuracy + job.search.arc_weight * policy_eval.arc,
     }
-    metrics["budget_bops_g"] = metrics["expected_bops_g"]
+    # The scheduler holds the argmax policy to the limit: it is what the search chose (its
+    # expected BOPs stay far from it while softmax(α) is flat, whatever the argmax does).
+    metrics["budget_bops_g"] = metrics["argmax_bops_g"]
     bad = [name for name, value in metrics.items() if not math.isfinite(value)]
     if bad:
         raise NonFiniteLossError(f"epoch {epoch}: non-finite {', '.join(bad)}")

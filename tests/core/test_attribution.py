@@ -135,8 +135,10 @@ def test_imitation_loss_value_and_gradient():
     loss = imitation_loss(student, teacher, 2.0)
     s = normalize_maps(student.detach())
     t = normalize_maps(teacher.detach() ** 2)
-    assert loss.item() == pytest.approx(float((s - t).pow(2).sum(1).mean()), rel=1e-6)
-    assert 0 < loss.item() <= 2.0  # unit vectors with non-negative entries
+    # Averaged over batch and pixels, as the reference's cal_l2loss (.pow(2).mean()).
+    assert loss.item() == pytest.approx(float((s - t).pow(2).mean()), rel=1e-6)
+    assert loss.item() == pytest.approx(float((s - t).pow(2).sum(1).mean()) / 25, rel=1e-6)
+    assert 0 < loss.item() <= 2.0 / 25  # unit vectors with non-negative entries, 5x5 pixels
     loss.backward()
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
     assert teacher.grad is None  # the teacher is a target, never trained through this loss

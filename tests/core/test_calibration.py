@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.convert import to_supernet
+from gmpq_ray.core.calibration import calibrate, reestimated_batch_norm
+from gmpq_ray.core.convert import fixed_quant_layers, pinned_policy, supernet_layers, to_supernet
 from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
+from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.quantizers import ActivationQuantizer
 
 
@@ -86,3 +87,20 @@ def test_calibrate_a_supernet_sees_full_precision_activations(digits_fp, batch):
         assert isinstance(layer, MixedPrecisionConv2d)
         assert not bool(layer.act_quant.signed)
         assert 0 < layer.act_quant.clip.item() < 6.0
+
+
+def test_reestimated_batch_norm_measures_the_policy_and_restores_the_mixture(digits_fp, batch, make_supernet):
+    images, labels = batch
+    supernet = make_supernet(digits_fp, images, labels)
+    norms = [m for m in supernet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms]
+    layers = {name: LayerBits(2, 2) for name in supernet_layers(supernet)}
+    policy = Policy("digits_cnn", layers, {name: LayerBits(8, 8) for name in fixed_quant_layers(supernet)})
+    with pinned_policy(supernet, policy), reestimated_batch_norm(supernet, [(images, labels)] * 3, num_batches=2):
+        inside = [n.running_mean.clone() for n in norms]
+        assert not supernet.training
+    # Re-estimated: the statistics changed (fresh FP weights' BN buffers hold the defaults).
+    assert any(not torch.allclose(a, b[0]) for a, b in zip(inside, before))
+    # ... and put back on exit, momentum included.
+    for norm, (mean, var, momentum) in zip(norms, before):
+        assert torch.equal(norm.running_mean, mean) and torch.equal(norm.running_var, var) and norm.momentum == momentum

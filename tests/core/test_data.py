@@ -13,10 +13,11 @@ from gmpq_ray.core.errors import UserInputError
 
 def test_digits_split_sizes_and_shapes():
     data = load_digits()
-    assert (len(data.train), len(data.val)) == (1437, 360)
+    # 60 / 20 / 20 %: the test split is held out for the reports of compare and ablate.
+    assert (len(data.train), len(data.val), len(data.test)) == (1079, 359, 359)
     assert (data.num_classes, data.in_channels, data.image_size) == (10, 1, 16)
     images, labels = data.train.tensors
-    assert images.shape == (1437, 1, 16, 16) and images.dtype == torch.float32
+    assert images.shape == (1079, 1, 16, 16) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and set(labels.tolist()) == set(range(10))
     # Standardized with the training split's statistics.
     assert float(images.mean()) == pytest.approx(0.0, abs=1e-5)
@@ -37,15 +38,26 @@ def test_digits_split_is_deterministic_and_stratified():
 
 def test_digits_class_subset_remaps_labels():
     small = load_digits(classes=(0, 1, 2, 3, 4))
-    assert (len(small.train), len(small.val), small.num_classes) == (720, 181, 5)
+    assert (len(small.train), len(small.val), len(small.test), small.num_classes) == (541, 180, 180, 5)
     assert set(small.train.tensors[1].tolist()) == set(range(5))
     pair = load_digits(classes=(7, 3))
     assert pair.num_classes == 2
     assert set(pair.train.tensors[1].tolist()) == {0, 1}
     # Labels follow the sorted digits: 3 -> 0, 7 -> 1. The number of images per digit tells them apart.
     target = sklearn_digits().target
-    total = torch.bincount(torch.cat([pair.train.tensors[1], pair.val.tensors[1]])).tolist()
+    total = torch.bincount(torch.cat([pair.train.tensors[1], pair.val.tensors[1], pair.test.tensors[1]])).tolist()
     assert total == [int((target == 3).sum()), int((target == 7).sum())]
+
+
+def test_digits_test_split_is_disjoint_and_stratified():
+    data = load_digits()
+    rows = {split: {tuple(x.flatten().tolist()) for x in getattr(data, split).tensors[0]} for split in ("train", "val", "test")}
+    assert not rows["test"] & rows["train"] and not rows["test"] & rows["val"]
+    counts = np.bincount(sklearn_digits().target)
+    test_counts = torch.bincount(data.test.tensors[1], minlength=10).numpy()
+    assert np.all(np.abs(test_counts - 0.2 * counts) <= 1)
+    assert data.has_test and len(data.eval_loader("test", 64).dataset) == 359
+    assert make_synthetic(num_test=16).test is not None
 
 
 def test_digits_image_size():
@@ -58,6 +70,8 @@ def test_digits_image_size():
     [
         ({"val_fraction": 0.0}, "val_fraction"),
         ({"val_fraction": 1.0}, "val_fraction"),
+        ({"test_fraction": 0.0}, "test_fraction"),
+        ({"test_fraction": 0.0001}, "empty test split"),
         ({"image_size": 4}, "image_size"),
         ({"classes": ()}, "classes"),
         ({"classes": (3, 10)}, "classes"),

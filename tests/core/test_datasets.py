@@ -94,11 +94,13 @@ def test_digits_behave_as_before_and_subsets_shrink_the_training_split():
     data = parse(DataConfig, {"name": "digits"}, "data")
     assert data.resolved_image_size == 16
     bundle, reference = data.load(), load_digits()
-    for a, b in zip(bundle.train.tensors + bundle.val.tensors, reference.train.tensors + reference.val.tensors):
+    for a, b in zip(bundle.train.tensors + bundle.val.tensors + bundle.test.tensors,
+                    reference.train.tensors + reference.val.tensors + reference.test.tensors):
         assert torch.equal(a, b)
     small = parse(DataConfig, {"name": "digits", "classes": [0, 1, 2, 3, 4], "train_fraction": 0.25}, "data")
     subset = small.load()
-    assert (len(subset.train), len(subset.val), subset.num_classes) == (180, 181, 5)
+    # 541 training images of the digits 0-4 (60 %), a quarter kept; val and test untouched.
+    assert (len(subset.train), len(subset.val), len(subset.test), subset.num_classes) == (135, 180, 180, 5)
     assert small.num_classes_and_channels() == (5, 1)
     again = small.load()
     assert subset.train.indices == again.train.indices  # a fixed subset

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from gmpq_ray.core.budget import BudgetMultiplier, ReferenceComplexity
 from gmpq_ray.core.calibration import calibrate
 from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.convert import (
@@ -257,26 +258,43 @@ def test_objective_paths_agree_with_an_unquantized_classifier_input(digits_fp, b
     teacher = copy.deepcopy(digits_fp)
     closed = objective_step(copy.deepcopy(supernet), copy.deepcopy(teacher), images, labels, "closed_form")
     autograd = objective_step(copy.deepcopy(supernet), copy.deepcopy(teacher), images, labels, "autograd")
-    assert closed[1]["attr"] > 0 and closed[1]["complexity"] > 0
+    assert closed[1]["attr"] > 0 and closed[1]["complexity"] != 0
     assert_same_step(closed, autograd)
 
 
 def test_objective_terms(digits_fp, batch, make_supernet):
     images, labels = batch
     supernet = make_supernet(digits_fp, images, labels)
-    objective = GMPQObjective(supernet, copy.deepcopy(digits_fp), "digits_cnn", DIGITS_COST, 33e6, 40.0, 0.5)
+    first_macs = DIGITS_COST.macs[DIGITS_COST.searched[0]]
+    objective = GMPQObjective(supernet, copy.deepcopy(digits_fp), "digits_cnn", DIGITS_COST, 33e6, 40.0, 0.5,
+                              complexity=ReferenceComplexity(3e-4, first_macs))
     loss, logits = objective(supernet, images, labels)
     loss, logits = loss.detach(), logits.detach()
     terms = objective.last_terms
     assert logits.shape == (32, 10)
     expected_bops = DIGITS_COST.expected_bops(supernet)
-    assert float(terms["complexity"]) == pytest.approx(float(expected_bops.detach()) / 33e6, rel=1e-5)
+    # The reference's complexity_loss: cd * E[BOPs] / MACs of the first searched layer.
+    assert float(terms["complexity"]) == pytest.approx(3e-4 * float(expected_bops.detach()) / first_macs, rel=1e-5)
     assert float(terms["ce"]) == pytest.approx(float(nn.functional.cross_entropy(logits, labels)), rel=1e-5)
-    assert float(loss) == pytest.approx(float(terms["ce"] + 40.0 * terms["attr"] + 0.5 * terms["complexity"]), rel=1e-5)
+    assert float(loss) == pytest.approx(float(terms["ce"] + 40.0 * terms["attr"] + terms["complexity"]), rel=1e-5)
     assert objective.teacher.training is False
     assert not any(p.requires_grad for p in objective.teacher.parameters())
     with pytest.raises(ValueError, match="attribution"):
         GMPQObjective(supernet, copy.deepcopy(digits_fp), "digits_cnn", DIGITS_COST, 33e6, 1.0, 1.0, attribution="saliency")
+
+
+def test_objective_exponent_fixed_or_capacity_aware(digits_fp, batch, make_supernet):
+    images, labels = batch
+    supernet = make_supernet(digits_fp, images, labels)
+    fixed = GMPQObjective(supernet, copy.deepcopy(digits_fp), "digits_cnn", DIGITS_COST, 33e6, 40.0, 0.5, p=3.0)
+    aware = GMPQObjective(supernet, copy.deepcopy(digits_fp), "digits_cnn", DIGITS_COST, 33e6, 40.0, 0.5, kappa=24.0)
+    bits = aware.expected_bops()[1]
+    assert fixed.exponent(bits) == 3.0
+    # p = kappa * mean_l 1 / (E[b_w] E[b_a]): the reference's --product form.
+    inverse = [1.0 / (float(w.detach()) * float(a.detach())) for w, a in bits]
+    assert float(aware.exponent(bits)) == pytest.approx(24 * sum(inverse) / len(inverse), rel=1e-5)
+    # The default complexity term aims at the limit with a multiplier starting at lambda_c.
+    assert isinstance(fixed.complexity, BudgetMultiplier) and float(fixed.complexity.multiplier) == 0.5
 
 
 @pytest.mark.parametrize("attribution", ["closed_form", "autograd"])
@@ -301,7 +319,10 @@ def test_search_steps_move_alpha_and_lower_expected_bops():
     supernet = to_supernet(copy.deepcopy(fp), [2, 3, 4], [2, 3, 4])
     calibrate(supernet, train_loader)
     cost = CostModel.for_model("digits_cnn", 16, 4, 1)
-    objective = GMPQObjective(supernet, copy.deepcopy(fp), "digits_cnn", cost, 33e6, lambda_attr=1.0, lambda_c=50.0)
+    # The reference's linear push, as strong as 50 x E[BOPs] / limit.
+    first_macs = cost.macs[cost.searched[0]]
+    objective = GMPQObjective(supernet, copy.deepcopy(fp), "digits_cnn", cost, 33e6, lambda_attr=1.0, lambda_c=0.0,
+                              complexity=ReferenceComplexity(50.0 * first_macs / 33e6, first_macs))
     alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
     weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a"))]
     alpha_opt = torch.optim.SGD(alphas, lr=0.05, momentum=0.9)
@@ -317,3 +338,33 @@ def test_search_steps_move_alpha_and_lower_expected_bops():
     # The pressure is towards fewer bits, strongest on the layer with the most MACs.
     largest = supernet_layers(supernet)[max(cost.searched, key=cost.macs.__getitem__)]
     assert largest.alpha_w[0] > largest.alpha_w[2] and largest.alpha_a[0] > largest.alpha_a[2]
+
+
+def test_budget_multiplier_brings_an_argmax_over_the_limit_into_the_band():
+    """An argmax that starts near 4/4 bits everywhere (2.5 x limit and more) ends inside [0.85, 1] x limit.
+
+    α start with a per-layer random part: with identical α, layers of equal MACs get identical
+    complexity gradients and flip together (CE on this synthetic set hardly tells them apart),
+    which no real search sees."""
+    torch.manual_seed(0)
+    fp = create_model("digits_cnn", num_classes=4, in_channels=1).eval()
+    data = make_synthetic(num_train=256, num_val=8, num_classes=4, image_size=16, in_channels=1, seed=1)
+    train_loader, _ = data.loaders(32, seed=0)
+    supernet = to_supernet(copy.deepcopy(fp), [2, 3, 4], [2, 3, 4])
+    calibrate(supernet, train_loader)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in supernet_layers(supernet).values():
+            layer.alpha_w.copy_(torch.tensor([0.0, 0.0, 0.5]) + 0.3 * torch.randn(3, generator=generator))
+            layer.alpha_a.copy_(torch.tensor([0.0, 0.0, 0.5]) + 0.3 * torch.randn(3, generator=generator))
+    cost = CostModel.for_model("digits_cnn", 16, 4, 1)
+    objective = GMPQObjective(supernet, copy.deepcopy(fp), "digits_cnn", cost, 33e6, lambda_attr=1.0, lambda_c=0.0)
+    assert float(objective.argmax_bops()) / 33e6 > 2.5
+    alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
+    weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a"))]
+    optimizers = [torch.optim.SGD(weights, lr=0.01, momentum=0.9), torch.optim.SGD(alphas, lr=0.3, momentum=0.9)]
+    ratios = []
+    for _ in range(12):
+        run_epoch(supernet, train_loader, objective, optimizers)
+        ratios.append(float(objective.argmax_bops()) / 33e6)
+    assert 0.85 <= ratios[-1] <= 1.0, ratios

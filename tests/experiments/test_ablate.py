@@ -36,20 +36,25 @@ def write_ablation_job(folder: Path, **changes) -> Path:
 def test_reduced_quickstart_writes_the_table_and_figures(tmp_path, ray_local):
     out = tmp_path / "transfer"
     table = run_ablation(write_ablation_job(tmp_path), out, log=lambda _: None)
-    assert list(table.search_dataset) == [FULL_PRECISION, "digits 5-9", "digits 30%"]
+    # The searched columns, then the baselines they are read against (same limit, same finetune).
+    assert list(table.search_dataset) == [FULL_PRECISION, "digits 5-9", "digits 30%", "best uniform", "random feasible"]
     assert (table.error == "").all() and table.top1.between(0, 1).all()
     saved = pd.read_csv(out / "transfer.csv", keep_default_na=False)
     assert list(saved.search_dataset) == list(table.search_dataset)
     cost = CostModel.for_model("digits_cnn", 16, 10, 1)
     assert saved.bops_total_g[0] == pytest.approx(cost.uniform_bops(32, 32) / 1e9)
-    for row in saved.iloc[1:].itertuples():
+    for row in saved.iloc[3:].itertuples():
+        assert row.bops_searched_g <= 0.033 + 1e-12
+        assert (out / "digits_cnn" / row.search_dataset.replace(" ", "_") / "finetune" / "final_metrics.json").is_file()
+    for row in saved.iloc[1:3].itertuples():
         folder = out / "digits_cnn" / row.search_dataset.replace(" ", "_").replace("%", "")
         policy = Policy.load(folder / "search" / "best_policy.json")
         assert (row.bops_searched_g * 1e9, row.bops_total_g * 1e9) == pytest.approx(cost.policy_bops(policy))
         assert row.bops_searched_g <= 0.033 + 1e-12
         assert (folder / "finetune" / "final_metrics.json").is_file() and (folder / "finetune" / "model.pt").is_file()
     markdown = (out / "transfer.md").read_text()
-    assert "| Architecture | Full-precision top-1 | BOPs (G) | digits 5-9 top-1 | BOPs (G) | digits 30% top-1 | BOPs (G) |" in markdown
+    assert ("| Architecture | Full-precision top-1 | BOPs (G) | digits 5-9 top-1 | BOPs (G) | digits 30% top-1 | BOPs (G) | "
+            "best uniform top-1 | BOPs (G) | random feasible top-1 | BOPs (G) |") in markdown
     assert markdown.count("| digits CNN |") == 1
     assert (out / "bits_digits_cnn.png").read_bytes()[:8] == PNG
     assert (out / "digits_cnn" / "fp_target.pt").is_file()

@@ -86,13 +86,14 @@ def test_repair_mode_evaluates_only_full_feasible_policies(tmp_path, ray_local):
 
 
 def test_supernet_over_budget_after_its_warm_up_is_stopped(tmp_path, ray_local):
-    # Without complexity pressure (lambda_c = 0) the expected BOPs stay near uniform 3-bit
-    # (58 M), far over the 33 M limit: the trial is stopped at the end of its warm-up.
+    # The reference's linear complexity term with a negative weight rewards bits: the argmax
+    # policy climbs far over the 33 M limit and the trial is stopped at the end of its warm-up.
     job = write_job(tmp_path, search__epochs=3, search__num_trials=1, search__bops_warmup_epochs=1,
-                    search__bops_tolerance=0.1, search__params={"lambda_c": {"value": 0.0}})
+                    search__bops_tolerance=0.1, search__complexity="reference",
+                    search__params={"cd": {"value": -0.05}, "lr_alpha": {"value": 0.3}})
     out = tmp_path / "run"
     with pytest.raises(NoResultError, match="every trial was pruned"):
         run_search(job, out, progress=False, log=lambda _: None)
     trials = pd.read_csv(out / "trials.csv", keep_default_na=False)
     assert list(trials.status) == ["PRUNED"] and list(trials.stop_reason) == ["bops_limit"]
-    assert list(trials.epochs) == [1] and trials.expected_bops_g[0] > 0.033 * 1.1
+    assert list(trials.epochs) == [1] and trials.argmax_bops_g[0] > 0.033 * 1.1

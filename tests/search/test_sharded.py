@@ -37,7 +37,8 @@ def test_sharded_trial_reports_like_a_supernet_trial(tmp_path, ray_local):
     trainable = tune.with_parameters(sharded_supernet_trial, context=TrialContext(job=job, teacher_state=teacher))
     tuner = tune.Tuner(
         tune.with_resources(trainable, sharded_trial_resources(job)),
-        param_space={"lambda_attr": 20.0, "lambda_c": 0.1, "lr_weights": 0.02, "lr_alpha": 0.3, "kappa": 24.0, "weight_decay": 5e-4},
+        param_space={**{name: spec.value for name, spec in job.search.resolved_params().items()},
+                     "lambda_attr": 20.0, "lambda_c": 0.1, "lr_weights": 0.02, "lr_alpha": 0.3, "weight_decay": 5e-4},
         run_config=tune.RunConfig(name="tune", storage_path=str(tmp_path / "run")),
     )
     [result] = list(tuner.fit())
@@ -48,7 +49,7 @@ def test_sharded_trial_reports_like_a_supernet_trial(tmp_path, ray_local):
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
         policy = Policy.load(Path(folder) / POLICY_FILE)
-    assert set(state) == {"supernet", "weight_opt", "alpha_opt", "schedule", "rng", "epoch"} and state["epoch"] == 2
+    assert set(state) == {"supernet", "weight_opt", "alpha_opt", "schedule", "rng", "epoch", "objective"} and state["epoch"] == 2
     searched, _ = CostModel.for_model("digits_cnn", 16, 10, 1).policy_bops(policy)
     assert searched <= 33e6 and policy.bops["searched_g"] == pytest.approx(searched / 1e9)
     assert (Path(result.path) / "train" / "epoch_0002" / STATE_FILE).is_file()  # the Train run inside the trial

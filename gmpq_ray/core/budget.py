@@ -1,0 +1,148 @@
+"""The complexity term of the GMPQ search loss: what pushes a supernet's bits to the BOPs limit.
+
+Two forms, chosen by a search job's ``complexity``:
+
+* ``reference`` reproduces the GMPQ reference code (``search_attention.py`` and
+  ``models/mixresnet.py`` of ZiweiWangTHU/GMPQ): ``cd * E[BOPs] / MACs(first searched layer)``
+  with ``--cd 3e-4``. It is a linear push that never stops at a budget: too strong and every
+  layer falls to the lowest bits, too weak and the argmax stays over the limit, which is why
+  EdMIPS/GMPQ users re-tune ``cd`` for every budget.
+* ``budget`` (the default here) aims *at* the limit. Its weight is a multiplier ``mu``
+  adapted every step (:class:`BudgetMultiplier`): raised while the argmax policy's BOPs are
+  over the limit, lowered while they are under ``low`` x limit, zero inside that band. ``mu``
+  may go negative, so a supernet whose argmax sits far under the budget is pulled *up* to it
+  instead of wasting it.
+  The multiplier follows the argmax policy (the one that is deployed), not ``E[BOPs]``: the
+  two differ by whole bit steps while softmax(α) is flat. The gradient still flows through
+  ``E[BOPs]`` (the argmax has none). Measured on the quickstart and on ResNet-18 (README,
+  "The loss"), this lands the argmax inside [0.85, 1.0] x limit with no repair and no fill.
+
+Both are pure functions of tensors: no host sync per step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+ComplexityForm = Literal["budget", "reference"]
+COMPLEXITY_FORMS: tuple[str, ...] = ("budget", "reference")
+
+# The reference's --cd of its README command (search_attention.py, models/mixresnet.py).
+REFERENCE_CD = 3e-4
+# The budget form's band: the argmax policy may use between BUDGET_LOW and 1.0 of the limit.
+BUDGET_LOW = 0.9
+# The multiplier stays within +-MULTIPLIER_BOUND (a bound keeps a long excursion from building
+# up a windup that takes as long to unwind).
+MULTIPLIER_BOUND = 20.0
+# The multiplier's first step per training step (the job's ``dual_lr``), and the factor of the
+# step at each excursion to the other side of the band than the last.
+DEFAULT_DUAL_LR = 0.05
+STEP_SHRINK = 0.5
+# Per step outside the band |mu| also grows by this factor, so that an argmax stuck just over
+# the limit late in a search (when the step has shrunk) is still brought back within an epoch
+# or two: about 40 steps of the first step after 17 steps, 300 after 34.
+EXCURSION_GROWTH = 1.1
+
+
+class ComplexityTerm:
+    """``__call__(expected_bops, argmax_bops, update)`` -> the loss term of one step.
+
+    Subclasses hold their state as tensors (``state_dict`` / ``load_state_dict`` for checkpoints).
+    """
+
+    def __call__(self, expected_bops: torch.Tensor, argmax_bops: torch.Tensor, update: bool = True) -> torch.Tensor:
+        """The term for this step; ``update`` (a training step) lets an adaptive term adapt first."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class ReferenceComplexity(ComplexityTerm):
+    """``cd * E[BOPs] / MACs(first searched layer)``, the reference's ``complexity_loss``.
+
+    Example:
+        >>> term = ReferenceComplexity(3e-4, first_layer_macs=1e6)
+        >>> round(float(term(torch.tensor(2e7), torch.tensor(0.0))), 6)
+        0.006
+    """
+
+    def __init__(self, cd: float, first_layer_macs: float) -> None:
+        self.cd, self.normalizer = float(cd), float(first_layer_macs)
+
+    def __call__(self, expected_bops: torch.Tensor, argmax_bops: torch.Tensor, update: bool = True) -> torch.Tensor:
+        return self.cd * expected_bops / self.normalizer
+
+
+class BudgetMultiplier(ComplexityTerm):
+    """``mu * E[BOPs] / limit`` with ``mu`` adapted to put the argmax policy in [low, 1] x limit.
+
+    Each training call first updates ``mu`` from the argmax policy's BOPs, then returns the term
+    with the new ``mu``. Outside the band ``mu`` ramps by ``step`` per call towards it: up (push
+    the bits down) while the argmax is over the limit, down (negative: pull the bits up) while
+    it is under ``low`` x limit. Inside the band, and when the argmax crosses to the other side,
+    ``mu`` drops back to zero: the push that moved the argmax ends as soon as it has done its
+    work, since α's momentum carries it on for several more steps and a multiplier that
+    unwinds gradually overshoots again (a plain dual ascent circles the band: measured, README).
+    Each excursion to the other side than the last halves ``step``, so the corrections shrink.
+
+    Args:
+        bops_limit: the searched-layer budget.
+        initial: the multiplier's starting value (the job's ``lambda_c``).
+        step: the multiplier's first step per call (the job's ``dual_lr``).
+        low: the band's lower edge, as a share of the limit.
+
+    Example:
+        >>> term = BudgetMultiplier(100.0, initial=1.0, step=0.5)
+        >>> round(float(term(torch.tensor(120.0), torch.tensor(150.0))), 4)  # over: mu 1 x 1.1 + 0.5 = 1.6
+        1.92
+        >>> round(float(term(torch.tensor(120.0), torch.tensor(150.0))), 4)  # still over: mu 1.6 x 1.1 + 0.5
+        2.712
+        >>> float(term(torch.tensor(80.0), torch.tensor(95.0)))    # inside the band: no push
+        0.0
+    """
+
+    def __init__(self, bops_limit: float, initial: float, step: float, low: float = BUDGET_LOW) -> None:
+        self.limit, self.low = float(bops_limit), float(low)
+        self.multiplier = torch.tensor(float(initial))
+        self.step = torch.tensor(float(step))
+        self.direction = torch.tensor(0.0)
+
+    def __call__(self, expected_bops: torch.Tensor, argmax_bops: torch.Tensor, update: bool = True) -> torch.Tensor:
+        device = expected_bops.device
+        mu = self.multiplier.to(device)
+        if update:
+            ratio = argmax_bops.to(device) / self.limit
+            direction = (ratio > 1.0).float() - (ratio < self.low).float()
+            previous, step = self.direction.to(device), self.step.to(device)
+            # An excursion to the other side than the last one: the step halves.
+            step = torch.where(direction * previous < 0, step * STEP_SHRINK, step)
+            # Inside the band, or just crossed to the other side: the push starts again from zero.
+            mu = torch.where((direction == 0) | (direction * mu < 0), torch.zeros_like(mu), mu)
+            # A long excursion is pushed ever harder: |mu| also grows geometrically.
+            mu = (mu * EXCURSION_GROWTH + step * direction).clamp(-MULTIPLIER_BOUND, MULTIPLIER_BOUND)
+            self.multiplier, self.step = mu.detach(), step.detach()
+            # Inside the band the last side is kept, so that leaving it on the other side halves the step.
+            self.direction = torch.where(direction != 0, direction, previous)
+        return mu * expected_bops / self.limit
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"multiplier": self.multiplier.detach().cpu(), "step": self.step.cpu(), "direction": self.direction.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.multiplier, self.step, self.direction = (state[key].clone() for key in ("multiplier", "step", "direction"))
+
+
+def make_complexity(form: str, bops_limit: float, first_layer_macs: float, lambda_c: float, dual_lr: float,
+                    cd: float) -> ComplexityTerm:
+    """The complexity term a job's ``complexity`` names (see module doc)."""
+    if form == "reference":
+        return ReferenceComplexity(cd, first_layer_macs)
+    if form == "budget":
+        return BudgetMultiplier(bops_limit, lambda_c, dual_lr)
+    raise ValueError(f"complexity must be one of {list(COMPLEXITY_FORMS)}, got {form!r}")

@@ -1,0 +1,57 @@
+"""The complexity terms: the reference's linear push and the budget multiplier that aims at the limit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gmpq_ray.core.budget import BudgetMultiplier, ReferenceComplexity, make_complexity
+
+
+def test_reference_term_is_cd_times_expected_bops_over_first_layer_macs():
+    term = ReferenceComplexity(3e-4, first_layer_macs=2e6)
+    expected = torch.tensor(5e7, requires_grad=True)
+    value = term(expected, torch.tensor(0.0))
+    assert float(value.detach()) == pytest.approx(3e-4 * 25)
+    value.backward()
+    assert float(expected.grad) == pytest.approx(3e-4 / 2e6)
+
+
+def test_multiplier_rises_over_the_limit_falls_under_the_band_and_holds_inside():
+    term = BudgetMultiplier(100.0, initial=0.0, step=0.5, low=0.9)
+    term(torch.tensor(100.0), torch.tensor(130.0))
+    term(torch.tensor(100.0), torch.tensor(130.0))
+    assert float(term.multiplier) == pytest.approx(0.5 * 1.1 + 0.5)  # two steps up while over, the second harder
+    term(torch.tensor(100.0), torch.tensor(95.0))
+    assert float(term.multiplier) == 0.0  # inside the band: no push
+    term(torch.tensor(100.0), torch.tensor(50.0))
+    # Under the band, on the other side than the last excursion: the step halves, the push is upwards.
+    assert float(term.multiplier) == pytest.approx(-0.25)
+    assert float(term.step) == pytest.approx(0.25)
+
+
+def test_multiplier_gradient_pushes_expected_bops_towards_the_band():
+    term = BudgetMultiplier(100.0, initial=0.0, step=1.0)
+    over = torch.tensor(150.0, requires_grad=True)
+    term(over, torch.tensor(150.0)).backward()
+    assert float(over.grad) > 0  # descending lowers the BOPs
+    term = BudgetMultiplier(100.0, initial=0.0, step=1.0)
+    under = torch.tensor(50.0, requires_grad=True)
+    term(under, torch.tensor(50.0)).backward()
+    assert float(under.grad) < 0  # far under the budget: descending raises the BOPs
+
+
+def test_evaluation_passes_leave_the_multiplier_alone_and_state_round_trips():
+    term = BudgetMultiplier(100.0, initial=2.0, step=1.0)
+    term(torch.tensor(100.0), torch.tensor(500.0), update=False)
+    assert float(term.multiplier) == 2.0
+    term(torch.tensor(100.0), torch.tensor(500.0))
+    other = BudgetMultiplier(100.0, initial=0.0, step=1.0)
+    other.load_state_dict(term.state_dict())
+    assert float(other.multiplier) == float(term.multiplier) == pytest.approx(2.0 * 1.1 + 1.0)
+
+
+def test_make_complexity_refuses_an_unknown_form():
+    assert isinstance(make_complexity("reference", 1e6, 1e4, 1.0, 0.05, 3e-4), ReferenceComplexity)
+    with pytest.raises(ValueError, match="complexity must be one of"):
+        make_complexity("linear", 1e6, 1e4, 1.0, 0.05, 3e-4)
