@@ -101,11 +101,11 @@ def load_digits(
         keep = sorted(set(int(c) for c in classes))
         mask = np.isin(labels, keep)
         images, labels = images[mask], np.searchsorted(keep, labels[mask])
-    check_split(labels, val_fraction, "data.val_fraction")
-    check_split(labels, test_fraction, "data.test_fraction")
     test_count = int(round(test_fraction * len(labels)))
     if test_count < 1:
         raise UserInputError(f"data.test_fraction {test_fraction} leaves an empty test split ({len(labels)} images)")
+    check_split(labels, val_fraction, "data.val_fraction")
+    check_split(labels, test_fraction, "data.test_fraction", held_out="test")
     rest_x, test_x, rest_y, test_y = train_test_split(
         images, labels, test_size=test_count, stratify=labels, random_state=split_seed + 1
     )
@@ -137,7 +137,7 @@ def check_digit_classes(classes: Sequence[int], where: str) -> None:
     require(len(classes) >= 2, where, f"needs at least 2 classes to tell apart, got {short_repr(list(classes))}")
 
 
-def check_split(labels: np.ndarray, val_fraction: float, where: str) -> None:
+def check_split(labels: np.ndarray, val_fraction: float, where: str, held_out: str = "validation") -> None:
     """A stratified split by ``val_fraction`` must leave each split at least one sample per class.
 
     The counts are those of ``sklearn.model_selection.train_test_split`` (validation: the
@@ -149,7 +149,7 @@ def check_split(labels: np.ndarray, val_fraction: float, where: str) -> None:
     num_val = math.ceil(val_fraction * total)
     num_train = total - num_val
     require(num_val >= classes and num_train >= classes, where,
-            f"{val_fraction} of {total} samples leaves {num_train} for training and {num_val} for validation; "
+            f"{val_fraction} of {total} samples leaves {num_train} for training and {num_val} for {held_out}; "
             f"each split needs at least one sample of each of the {classes} classes")
 
 

@@ -13,6 +13,7 @@ no half-written folder behind. The output folder then receives:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -253,11 +254,56 @@ def _run(job: Job, out: Path, folder: RunFolder, teacher_state, teacher_needs_tr
         fit = _fit
         if job.search.method == "proxy":  # the training-free family: one solve, its scorings as Ray tasks
             from gmpq_ray.search.proxy_search import proxy_fit as fit
-        return fit(job, out, teacher_state, signals, resume=resume and tune.Tuner.can_restore(str(out / "tune")))
+        restore = resume and tune.Tuner.can_restore(str(out / "tune"))
+        if restore:
+            problem = unreadable_tune_state(out / "tune")
+            if problem:
+                restore = False
+                kept = _set_aside(out, ["tune", "study.db", STOP_REASONS_FILE])
+                log(f"the Ray Tune experiment state cannot be restored ({problem}: the run was killed while "
+                    f"saving it); its trials start over, the old state is kept as {', '.join(kept)}")
+        return fit(job, out, teacher_state, signals, resume=restore)
     except KeyboardInterrupt:
         # A second signal, or one before Tune could catch it: the experiment state Tune saved
         # last is what --resume continues from, as after SIGKILL.
         raise signals.interrupted("search", f"gmpq search --resume {out}") from None
+
+
+def unreadable_tune_state(tune_dir: Path) -> str | None:
+    """What makes the Tune experiment in ``tune_dir`` impossible to restore, or None.
+
+    Tune copies its state files into the run folder without a rename; a driver killed during
+    that copy leaves an empty or cut-off file, which ``Tuner.restore`` cannot read (it then
+    restarts with a searcher that has no search space, and fails).
+    """
+    import cloudpickle
+
+    readers = {"experiment_state-*.json": lambda data: json.loads(data.decode()),
+               "search_gen_state-*.json": cloudpickle.loads, "searcher-state-*.pkl": cloudpickle.loads,
+               "tuner.pkl": cloudpickle.loads}
+    for pattern, read in readers.items():
+        for path in sorted(tune_dir.glob(pattern))[-1:]:  # the newest, which Tune restores from
+            try:
+                data = path.read_bytes()
+                if not data:
+                    return f"{path.name} is empty"
+                read(data)
+            except Exception as err:  # whatever keeps us from reading it keeps Tune from it too
+                return f"{path.name} is unreadable ({type(err).__name__})"
+    return None
+
+
+def _set_aside(out: Path, names: list[str]) -> list[str]:
+    """Rename ``out/<name>`` to ``out/<name>.broken-<time>`` (nothing is deleted); returns the new names."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept = []
+    for name in names:
+        path = out / name
+        if path.exists():
+            target = path.with_name(f"{name}.broken-{stamp}")
+            path.rename(target)
+            kept.append(target.name)
+    return kept
 
 
 def check_trial_resources(job: Job) -> None:
