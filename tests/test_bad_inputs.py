@@ -181,7 +181,7 @@ NUMBER_CASES = [
     pytest.param({"data__num_workers": 100_000}, "data.num_workers", id='num_workers'),
     pytest.param({"data__val_fraction": 0.001}, ("data.val_fraction: 0.001 of 1797 samples leaves", "one sample of each of the 10 classes"), id='val_fraction-tiny'),
     pytest.param({"data__val_fraction": 0.999}, "data.val_fraction: 0.999", id='val_fraction-huge'),
-    pytest.param({"data__train_fraction": 0.001}, "data.train_fraction: 0.001 of 1437 training samples keeps 1, fewer than the 10",
+    pytest.param({"data__train_fraction": 0.001}, "data.train_fraction: 0.001 of 1079 training samples keeps 1, fewer than the 10",
                  id="train_fraction-tiny"),
     pytest.param({"data__classes": [3]}, "data.classes: needs at least 2 classes", id='one-class'),
     pytest.param({"data__classes": [3, 3]}, "data.classes: repeats a digit", id='repeated-class'),

@@ -231,8 +231,8 @@ class DataConfig:
         require(0 < self.val_fraction < 1, f"{field}val_fraction", "must be between 0 and 1")
         require(0 < self.test_fraction < 1, f"{field}test_fraction",
                 "must be between 0 and 1 (an empty test split leaves nothing to report on)")
-        require(self.val_fraction + self.test_fraction < 1, f"{field}test_fraction",
-                f"with val_fraction {self.val_fraction} leaves no training data")
+        require(self.val_fraction + self.test_fraction < 1, f"{field}val_fraction",
+                f"{self.val_fraction} with test_fraction {self.test_fraction} leaves no training data")
         require(self.num_test >= 1, f"{field}num_test", "must be at least 1 (an empty test split leaves nothing to report on)")
         require(0 < self.train_fraction <= 1, f"{field}train_fraction", "must be in (0, 1]")
         require(0 <= self.num_workers <= MAX_LOADER_WORKERS, f"{field}num_workers",

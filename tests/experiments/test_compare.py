@@ -44,7 +44,7 @@ def test_compare_runs_both_methods_and_the_baselines(tmp_path, ray_local):
     assert "| differentiable |" in markdown and "| uniform |" in markdown and "±" in markdown
     # Scored on the held-out test split, with the paired difference to the best uniform policy.
     assert "test accuracy (%)" in markdown and "vs uniform (points)" in markdown
-    assert table.vs_uniform_mean.notna().all() and float(table.loc[2, "vs_uniform_mean"]) == 0.0
+    assert table.vs_uniform_mean.notna().all() and float(table.loc[3, "vs_uniform_mean"]) == 0.0
     assert table.loc[0, "provenance"] in ("argmax", "repaired")
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "| proxy |" in markdown and "differentiable vs proxy vs sampling" in markdown

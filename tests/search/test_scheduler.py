@@ -10,6 +10,7 @@ import pytest
 
 from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.policy import Policy
+from gmpq_ray.search.job import ParamSpec, load_job
 from gmpq_ray.search.runner import NoResultError, run_search
 from tests.conftest import write_job
 
@@ -88,9 +89,11 @@ def test_repair_mode_evaluates_only_full_feasible_policies(tmp_path, ray_local):
 def test_supernet_over_budget_after_its_warm_up_is_stopped(tmp_path, ray_local):
     # The reference's linear complexity term with a negative weight rewards bits: the argmax
     # policy climbs far over the 33 M limit and the trial is stopped at the end of its warm-up.
-    job = write_job(tmp_path, search__epochs=3, search__num_trials=1, search__bops_warmup_epochs=1,
-                    search__bops_tolerance=0.1, search__complexity="reference",
-                    search__params={"cd": {"value": -0.05}, "lr_alpha": {"value": 0.3}})
+    # A job file may not give a negative cd (it is refused as bad input), so the loaded job is changed.
+    job = load_job(write_job(tmp_path, search__epochs=3, search__num_trials=1, search__bops_warmup_epochs=1,
+                             search__bops_tolerance=0.1, search__complexity="reference",
+                             search__params={"cd": {"value": 0.0}, "lr_alpha": {"value": 0.3}}))
+    job.search.params["cd"] = ParamSpec(value=-0.05)
     out = tmp_path / "run"
     with pytest.raises(NoResultError, match="every trial was pruned"):
         run_search(job, out, progress=False, log=lambda _: None)
