@@ -44,7 +44,7 @@ def assert_refused(capsys, args, expected: str, out_dir=None) -> str:
         ({"search__params": {"p": {"value": 3.0}, "kappa": {"value": 24.0}}}, "search.params.p: give either p"),
         ({"search__complexity": "linear"}, "search.complexity: 'linear' is not one of"),
         ({"data__test_fraction": 0.0}, "data.test_fraction"),
-        ({"data__val_fraction": 0.5, "data__test_fraction": 0.5}, "data.test_fraction"),
+        ({"data__val_fraction": 0.5, "data__test_fraction": 0.5}, "data.val_fraction: 0.5 with test_fraction 0.5 leaves no training data"),
     ],
 )
 def test_bad_job_fields(tmp_path, capsys, overrides, expected):
