@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from gmpq_ray.core import calibrate, create_model, make_synthetic, to_supernet
-from gmpq_ray.core.budget import DEFAULT_DUAL_LR, REFERENCE_CD, make_complexity
-from gmpq_ray.core.convert import argmax_policy
-from gmpq_ray.core.data import load_digits
-from gmpq_ray.core.objective import GMPQObjective
-from gmpq_ray.core.searchspace import SearchSpace
-from gmpq_ray.core.training import run_epoch, train_classifier
+from gmpq_ray.core.cost.searchspace import SearchSpace
+from gmpq_ray.core.data.bundle import load_digits
+from gmpq_ray.core.objective.complexity_term import DEFAULT_DUAL_LR, REFERENCE_CD, make_complexity
+from gmpq_ray.core.objective.loss import GMPQObjective
+from gmpq_ray.core.quant.convert import argmax_policy
+from gmpq_ray.core.train.loop import run_epoch, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 The way zero-cost proxies are judged (e.g. MQ-Bench-101 in EMQ): random feasible policies of the
 digits space are each scored by every proxy (the summed per-layer damage the proxy search's
-solver minimizes) and finetuned by the shared QAT protocol (:func:`gmpq_ray.core.qat.evaluate_policy`,
+solver minimizes) and finetuned by the shared QAT protocol (:func:`gmpq_ray.core.train.qat.evaluate_policy`,
 the one ``gmpq compare`` evaluates with); the benchmark prints the Spearman correlation of
 ``-damage`` and accuracy per proxy (1: the proxy ranks policies exactly as QAT does).
 
@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.repair import policy_searched_bops, repair_policy
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.proxy import PROXIES, calibrated_probe_model, score_layers
-from gmpq_ray.core.qat import QATConfig, evaluate_policy
-from gmpq_ray.core.repair import policy_searched_bops, repair_policy
-from gmpq_ray.core.training import train_classifier
+from gmpq_ray.core.train.loop import train_classifier
+from gmpq_ray.core.train.qat import QATConfig, evaluate_policy
 from gmpq_ray.search.job import load_job
 from gmpq_ray.search.proxy_search import scoring_batches
 

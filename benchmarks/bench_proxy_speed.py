@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from gmpq_ray.core.data import load_digits, make_synthetic
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.searchspace import SearchSpace
+from gmpq_ray.core.data.bundle import load_digits, make_synthetic
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits
 from gmpq_ray.core.proxy import PROXIES, calibrated_probe_model, score_layers, solve_allocation
-from gmpq_ray.core.searchspace import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = {

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import ray
 import yaml
 
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.search.runner import NoResultError, run_search
 
 

@@ -29,9 +29,9 @@ import torch
 import yaml
 from ray import tune
 
-from gmpq_ray.core.data import DataConfig
-from gmpq_ray.core.models import create_model
-from gmpq_ray.core.training import train_classifier
+from gmpq_ray.core.data.bundle import DataConfig
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.train.loop import train_classifier
 from gmpq_ray.search.runner import run_search
 
 

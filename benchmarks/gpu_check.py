@@ -38,16 +38,16 @@ import time
 import torch
 
 from benchmarks.bench_search_step import resolve_device, run_variants, sync
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.complexity import CostModel, format_bops
-from gmpq_ray.core.convert import apply_policy, argmax_policy, supernet_layers, to_supernet
-from gmpq_ray.core.data import make_synthetic
-from gmpq_ray.core.finetuning import QATLoss
-from gmpq_ray.core.models import create_model
-from gmpq_ray.core.objective import GMPQObjective
+from gmpq_ray.core.cost.bops import CostModel, format_bops
+from gmpq_ray.core.cost.repair import repair_policy
+from gmpq_ray.core.data.bundle import make_synthetic
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import LayerBits
-from gmpq_ray.core.quantizers import compiler_available, use_compiled_kernels
-from gmpq_ray.core.repair import repair_policy
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import apply_policy, argmax_policy, supernet_layers, to_supernet
+from gmpq_ray.core.quant.quantizers import compiler_available, use_compiled_kernels
+from gmpq_ray.core.train.finetuning import QATLoss
 
 TARGET_TIME, FLOOR_TIME, TARGET_MEMORY = 1.5, 2.0, 2.0
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gmpq_ray.core.errors import UserInputError, one_line
+from gmpq_ray.core.errors import NoResultError, UserInputError, one_line
 from gmpq_ray.runtime.signals import Interrupted
 
 EXIT_USAGE = 2
@@ -38,11 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as err:
         print(f"gmpq: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as err:
-        # Raised on purpose (gmpq_ray.search.runner.NoResultError and kin): the run ended
-        # without a result, through no fault of the input; say so without a traceback.
-        if type(err).__name__ != "NoResultError":
-            raise
+    except NoResultError as err:
         print(f"gmpq: {err}", file=sys.stderr)
         return 1
     except Interrupted as err:

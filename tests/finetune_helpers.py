@@ -9,8 +9,8 @@ import torch
 import yaml
 from PIL import Image
 
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
 
 CLASSES = ("circle", "square", "stripes")

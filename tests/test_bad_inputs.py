@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from gmpq_ray.cli import main
-from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.config import MAX_QUOTED_CHARS, short_repr
+from gmpq_ray.core.cost.bops import CostModel
 from tests.conftest import write_job
 
 # A refused line quotes at most ~200 characters of a value, plus the file and field names.
@@ -337,7 +337,7 @@ def _truncate_one(root: Path) -> Path:
 def test_a_truncated_png_names_its_path(tmp_path):
     from torch.utils.data import DataLoader
 
-    from gmpq_ray.core.datasets import build_split
+    from gmpq_ray.core.data.datasets import build_split
     from gmpq_ray.core.errors import UserInputError, one_line
     from tests.finetune_helpers import make_image_folder
 
@@ -375,7 +375,7 @@ def test_validation_only_checks():
     import dataclasses
 
     from gmpq_ray.core.config import parse
-    from gmpq_ray.core.searchspace import SearchSpace
+    from gmpq_ray.core.cost.searchspace import SearchSpace
 
     space = parse(SearchSpace, {**SPACE, "w_bits": [4, 2, 3]}, "space")
     assert space.w_bits == [2, 3, 4] and space.bops_limit == pytest.approx(33e6)

@@ -90,7 +90,7 @@ def test_corrupt_teacher_state_dict(tmp_path, capsys):
 def test_teacher_for_another_model(tmp_path, capsys):
     import torch
 
-    from gmpq_ray.core.models import create_model
+    from gmpq_ray.core.models.registry import create_model
 
     torch.save(create_model("digits_cnn", num_classes=4, in_channels=1).state_dict(), tmp_path / "teacher.pt")
     job = write_job(tmp_path, teacher__state_dict="teacher.pt")
@@ -116,7 +116,7 @@ def test_bops_matches_design_figure(capsys):
 
 
 def test_bops_of_policy_file(tmp_path, capsys):
-    from gmpq_ray.core.complexity import CostModel
+    from gmpq_ray.core.cost.bops import CostModel
 
     cost = CostModel.for_model("digits_cnn", 16, 10, 1)
     policy = cost.uniform_policy("digits_cnn", 2, 3)
@@ -149,7 +149,7 @@ def test_bad_cli_flags(capsys, args, expected):
 
 
 def test_bops_policy_for_other_model(tmp_path, capsys):
-    from gmpq_ray.core.complexity import CostModel
+    from gmpq_ray.core.cost.bops import CostModel
 
     CostModel.for_model("digits_cnn", 16, 10, 1).uniform_policy("digits_cnn", 2, 2).save(tmp_path / "p.json")
     assert_refused(capsys, ["bops", "resnet18", "--input-size", "224", "--policy", str(tmp_path / "p.json")], "policy is for 'digits_cnn'")

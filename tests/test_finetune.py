@@ -11,15 +11,15 @@ import pytest
 import torch
 import yaml
 
-import gmpq_ray
+import gmpq_ray.api
 from gmpq_ray.cli import main
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.convert import apply_policy
+from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.layers import QuantConv2d, QuantLinear
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.finetune_job import job_to_dict, load_finetune_job
+from gmpq_ray.core.quant.convert import apply_policy
+from gmpq_ray.core.quant.layers import QuantConv2d, QuantLinear
+from gmpq_ray.finetune.job import job_to_dict, load_finetune_job
 from tests.finetune_helpers import CLASSES, IMAGE_SIZE, make_image_folder, mixed_policy, save_fp_weights, write_finetune_job
 
 
@@ -43,15 +43,15 @@ def refused(capsys, *args: str) -> str:
 def test_interrupted_finetune_resumes_from_its_ray_train_checkpoint(setup, tmp_path, ray_local):
     policy_path, job_path = setup
     out = tmp_path / "out"
-    first = gmpq_ray.finetune(policy_path, job_path, out, log=lambda _: None)
+    first = gmpq_ray.api.finetune(policy_path, job_path, out, log=lambda _: None)
     assert not first.finished and list(first.history.epoch) == [1]
     assert (out / "train" / "epoch_0001" / "state.pt").is_file()
     assert not (out / "final_metrics.json").exists() and not (out / "model.pt").exists()
     # Without --resume the interrupted run is neither overwritten nor silently continued.
     with pytest.raises(UserInputError, match="interrupted finetune"):
-        gmpq_ray.finetune(policy_path, job_path, out, log=lambda _: None)
+        gmpq_ray.api.finetune(policy_path, job_path, out, log=lambda _: None)
 
-    second = gmpq_ray.finetune(policy_path, job_path, out, resume=True, log=lambda _: None)
+    second = gmpq_ray.api.finetune(policy_path, job_path, out, resume=True, log=lambda _: None)
     assert second.finished
     history = pd.read_csv(out / "metrics.csv")
     assert list(history.epoch) == [1, 2] and set(history.workers) == {2}
@@ -84,7 +84,7 @@ def test_interrupted_finetune_resumes_from_its_ray_train_checkpoint(setup, tmp_p
     shutil.rmtree(out / "train" / "epoch_0002")
     longer = write_finetune_job(tmp_path, tmp_path / "data", tmp_path / "fp.pt", stop_after_epochs=1, epochs=3)
     with pytest.raises(UserInputError, match=r"cannot be resumed \(The run snapshot contains a reference to a checkpoint"):
-        gmpq_ray.finetune(policy_path, longer, out, resume=True, log=lambda _: None)
+        gmpq_ray.api.finetune(policy_path, longer, out, resume=True, log=lambda _: None)
 
 
 @pytest.mark.ray
@@ -179,9 +179,9 @@ def test_corrupted_checkpoint_is_refused_before_any_worker_starts(setup, tmp_pat
 
 def test_gpu_recipe_runs_and_agrees_with_float32():
     """bf16 autocast, channels_last and float32 quantizer inputs (the GPU path), checked on the CPU."""
-    from gmpq_ray.core.calibration import calibrate
-    from gmpq_ray.core.finetuning import QATLoss, deployment_model, quantize_activations_in_float32, topk_metrics, topk_sums
-    from gmpq_ray.core.training import run_epoch
+    from gmpq_ray.core.quant.calibration import calibrate
+    from gmpq_ray.core.train.finetuning import QATLoss, deployment_model, quantize_activations_in_float32, topk_metrics, topk_sums
+    from gmpq_ray.core.train.loop import run_epoch
 
     torch.manual_seed(0)
     fp = create_model("digits_cnn", len(CLASSES), 3).state_dict()
@@ -212,7 +212,7 @@ def test_ctrl_c_ends_a_finetune_resumably(tmp_path):
 
     import psutil
 
-    from gmpq_ray.finetune_run import latest_checkpoint
+    from gmpq_ray.finetune.outputs import latest_checkpoint
 
     root = make_image_folder(tmp_path / "data")
     fp = save_fp_weights(tmp_path / "fp.pt")
@@ -241,7 +241,7 @@ def test_ctrl_c_ends_a_finetune_resumably(tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert "finetune interrupted by SIGINT" in last and f"--output {out} --resume" in last
     assert not (out / "final_metrics.json").exists()
-    result = gmpq_ray.finetune(policy_path, job, out, resume=True, log=lambda _: None)
+    result = gmpq_ray.api.finetune(policy_path, job, out, resume=True, log=lambda _: None)
     assert result.finished and list(result.history.epoch) == [1, 2, 3, 4]
 
 

@@ -1,24 +1,32 @@
-"""``gmpq_ray.search(...)`` and ``gmpq_ray.finetune(...)`` are the package's entry points, callable
-whether or not the subpackage or module of the same name has been imported."""
+"""The Python API (:mod:`gmpq_ray.api`): one plain function per command, and a light package."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
 import pytest
 
-import gmpq_ray
-import gmpq_ray.finetune
-import gmpq_ray.search.runner  # binds the subpackage gmpq_ray.search on the package
+from gmpq_ray import api
 from gmpq_ray.core.errors import UserInputError
 
+COMMANDS = ("ablate", "compare", "export", "finetune", "search")
 
-def test_entry_points_stay_callable_after_their_modules_are_imported(tmp_path):
+
+def test_every_command_has_a_documented_api_function():
+    assert sorted(api.__all__) == sorted(COMMANDS)
+    for name in COMMANDS:
+        function = getattr(api, name)
+        assert inspect.isfunction(function), name
+        assert function.__doc__ and ("Example" in function.__doc__ or "Args" in function.__doc__), name
+
+
+def test_api_functions_refuse_missing_inputs_before_writing(tmp_path):
     with pytest.raises(UserInputError, match="file not found"):
-        gmpq_ray.search(tmp_path / "missing.yaml", tmp_path / "out")
+        api.search(tmp_path / "missing.yaml", tmp_path / "out")
     with pytest.raises(UserInputError):
-        gmpq_ray.finetune(tmp_path / "missing.json", tmp_path / "missing.yaml", tmp_path / "out")
+        api.finetune(tmp_path / "missing.json", tmp_path / "missing.yaml", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

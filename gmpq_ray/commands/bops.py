@@ -21,9 +21,9 @@ def add_parser(commands) -> None:
     bops.add_argument("--in-channels", type=int, default=3)
 
 def run(args: argparse.Namespace) -> int:
-    from gmpq_ray.core.complexity import CostModel, format_bops
     from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS
-    from gmpq_ray.core.models import model_entry
+    from gmpq_ray.core.cost.bops import CostModel, format_bops
+    from gmpq_ray.core.models.registry import model_entry
     from gmpq_ray.core.policy import LayerBits, Policy, check_bits
 
     model_entry(args.model)

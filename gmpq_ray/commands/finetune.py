@@ -21,7 +21,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gmpq_ray.finetune import finetune
+    from gmpq_ray.finetune.runner import finetune
 
     result = finetune(args.policy, args.job, args.output, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                       overwrite=args.overwrite, resume=args.resume, address=args.address)

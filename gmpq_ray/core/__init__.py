@@ -3,7 +3,14 @@
 This package must import and run on a GPU host that has PyTorch but neither Ray nor Optuna.
 """
 
-from gmpq_ray.core.attribution import (
+from gmpq_ray.core.cost.bops import CostModel, format_bops, module_macs
+from gmpq_ray.core.cost.repair import repair_policy
+from gmpq_ray.core.cost.searchspace import SearchSpace
+from gmpq_ray.core.data.bundle import DataBundle, DataConfig, load_digits, make_synthetic
+from gmpq_ray.core.data.datasets import DATASETS, build_split
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.models.registry import create_model, list_models, register_model
+from gmpq_ray.core.objective.attribution import (
     FeatureTap,
     attribution_rank_consistency,
     capacity_exponent,
@@ -12,10 +19,11 @@ from gmpq_ray.core.attribution import (
     imitation_loss,
     spearman,
 )
-from gmpq_ray.core.budget import BudgetMultiplier, ComplexityTerm, ReferenceComplexity, make_complexity
-from gmpq_ray.core.calibration import calibrate, reestimated_batch_norm
-from gmpq_ray.core.complexity import CostModel, format_bops, module_macs
-from gmpq_ray.core.convert import (
+from gmpq_ray.core.objective.complexity_term import BudgetMultiplier, ComplexityTerm, ReferenceComplexity, make_complexity
+from gmpq_ray.core.objective.loss import GMPQObjective
+from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
+from gmpq_ray.core.quant.convert import (
     apply_policy,
     argmax_policy,
     default_fixed_layers,
@@ -24,20 +32,12 @@ from gmpq_ray.core.convert import (
     supernet_layers,
     to_supernet,
 )
-from gmpq_ray.core.data import DataBundle, DataConfig, load_digits, make_synthetic
-from gmpq_ray.core.datasets import DATASETS, build_split
-from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.evaluation import Evaluation, evaluate_with_arc
-from gmpq_ray.core.finetuning import QATLoss, deployment_model, topk_metrics, topk_sums
-from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
-from gmpq_ray.core.models import create_model, list_models, register_model
-from gmpq_ray.core.objective import GMPQObjective
-from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.quantizers import ActivationQuantizer, mix_weights, quantize_weight
-from gmpq_ray.core.repair import repair_policy
-from gmpq_ray.core.searchspace import SearchSpace
-from gmpq_ray.core.teacher import fold_batch_norms, inference_teacher
-from gmpq_ray.core.training import NonFiniteLossError, evaluate, run_epoch, train_classifier
+from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
+from gmpq_ray.core.quant.quantizers import ActivationQuantizer, mix_weights, quantize_weight
+from gmpq_ray.core.train.evaluation import Evaluation, evaluate_with_arc
+from gmpq_ray.core.train.finetuning import QATLoss, deployment_model, topk_metrics, topk_sums
+from gmpq_ray.core.train.loop import NonFiniteLossError, evaluate, run_epoch, train_classifier
+from gmpq_ray.core.train.teacher import fold_batch_norms, inference_teacher
 
 __all__ = [
     "ActivationQuantizer", "CostModel", "DataBundle", "Evaluation", "FeatureTap", "GMPQObjective",

@@ -1,4 +1,4 @@
-"""Errors a user can cause.
+"""Errors a user can cause, and the one a run without a result raises.
 
 Everything raised as :class:`UserInputError` is caught by the CLI and printed as one line
 with exit code 2, so its message must name the field or file at fault.
@@ -9,6 +9,15 @@ from __future__ import annotations
 
 class UserInputError(ValueError):
     """A job, search space, policy, path or flag given by the user is invalid."""
+
+
+class NoResultError(RuntimeError):
+    """A run ended without a result through no fault of the input: every search trial was
+    pruned or failed. The CLI prints it as one line and exits with code 1."""
+
+    def __init__(self, message: str, seconds: float = float("nan")) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 def one_line(message: str) -> str:

@@ -26,21 +26,21 @@ import ray
 import torch
 import yaml
 
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.finetuning import QATLoss, load_fp_weights, topk_metrics, topk_sums
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.errors import NoResultError, UserInputError
+from gmpq_ray.core.models.pretrained import is_weights_name, local_path, read_state_dict
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
-from gmpq_ray.core.pretrained import is_weights_name, local_path, read_state_dict
-from gmpq_ray.core.training import train_classifier
+from gmpq_ray.core.train.finetuning import QATLoss, load_fp_weights, topk_metrics, topk_sums
+from gmpq_ray.core.train.loop import train_classifier
 from gmpq_ray.experiments.ablate_job import AblationJob, ArchitectureConfig, Pair, load_ablation_job, slug
 from gmpq_ray.experiments.baselines import best_uniform_policy, random_feasible_policies
-from gmpq_ray.finetune import FINAL_FILE, finetune, latest_checkpoint
-from gmpq_ray.finetune_job import FinetuneJob
+from gmpq_ray.finetune.job import FinetuneJob
+from gmpq_ray.finetune.runner import FINAL_FILE, finetune, latest_checkpoint
 from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown
 from gmpq_ray.runtime import Interrupted, RunFolder, StopSignals, check_new_output
 from gmpq_ray.runtime.cluster import start_ray
-from gmpq_ray.search.runner import NoResultError, check_trial_resources, run_search, save_atomic
+from gmpq_ray.search.runner import check_trial_resources, run_search, save_atomic
 
 JOB_COPY = "ablation.yaml"
 RUN_KIND = "ablate"

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, short_repr
-from gmpq_ray.core.data import DataConfig
+from gmpq_ray.core.data.bundle import DataConfig
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.pretrained import is_weights_name
-from gmpq_ray.finetune_job import FinetuneJob
+from gmpq_ray.core.models.pretrained import is_weights_name
+from gmpq_ray.finetune.job import FinetuneJob
 from gmpq_ray.search.job import Job, parse_job
 
 # Labels become folder names and part of each pair's job name.

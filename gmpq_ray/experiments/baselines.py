@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.cost.repair import repair_policy
+from gmpq_ray.core.cost.searchspace import SearchSpace
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.repair import repair_policy
-from gmpq_ray.core.searchspace import SearchSpace
 
 
 def best_uniform_policy(space: SearchSpace) -> Policy:

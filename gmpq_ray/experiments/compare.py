@@ -3,7 +3,7 @@
 The methods run on the same search space, BOPs limit, teacher and compute budget, through the
 same engine and pruning scheduler. Then each method's best policy, the best uniform policy that
 fits the limit and random feasible policies are evaluated with one QAT protocol
-(:class:`gmpq_ray.core.qat.QATRun`) over several seeds, as parallel Ray tasks. The run folder
+(:class:`gmpq_ray.core.train.qat.QATRun`) over several seeds, as parallel Ray tasks. The run folder
 receives one sub-folder per method (a full search run each), ``comparison.csv``,
 ``comparison.md`` and ``pareto.png``.
 """
@@ -20,10 +20,10 @@ import pandas as pd
 import ray
 import torch
 
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.pretrained import local_path
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
-from gmpq_ray.core.pretrained import local_path
-from gmpq_ray.core.qat import QATConfig, evaluate_policy
+from gmpq_ray.core.train.qat import QATConfig, evaluate_policy
 from gmpq_ray.experiments.baselines import best_uniform_policy, random_feasible_policies
 from gmpq_ray.experiments.compare_job import CompareJob, load_compare_job
 from gmpq_ray.report.pareto import plot_pareto
@@ -53,7 +53,19 @@ def run_compare(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Run the comparison job and write its table and figure; returns the table."""
+    """Run the comparison job and write its table and figure; returns the table.
+
+    Args:
+        job: a :class:`CompareJob` or the path of its YAML.
+        output_dir: the run folder (new or empty; ``overwrite`` replaces an earlier compare's).
+        address: a Ray cluster address (``auto`` or ``host:port``); None starts a local Ray.
+        overwrite: replace an earlier comparison's results in ``output_dir``.
+        log: where progress lines and the table go.
+
+    Example::
+
+        table = run_compare("jobs/compare_quickstart.yaml", "runs/compare")
+    """
     if not isinstance(job, CompareJob):
         job = load_compare_job(job)
     out = check_new_output(output_dir, RUN_KIND, overwrite, inputs=[job.base.data.root, local_path(job.base.teacher.state_dict)])

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gmpq_ray.core.complexity import CostModel, format_bops
+from gmpq_ray.core.cost.bops import CostModel, format_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits, Policy, write_text_atomic
 from gmpq_ray.export._deps import require
@@ -77,7 +77,7 @@ def export_onnx(
     """Write quantized ``model`` as ONNX with explicit Q/DQ and check it in ONNX Runtime on ``images``.
 
     Args:
-        model: a network quantized by :func:`~gmpq_ray.core.convert.apply_policy`, activation
+        model: a network quantized by :func:`~gmpq_ray.core.quant.convert.apply_policy`, activation
             ranges calibrated (the finetuned one).
         output: the ``.onnx`` file; ``export_check.json`` is written beside it.
         images, labels: validation images (N, C, H, W) the check runs on, and their labels

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
+from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
 from gmpq_ray.export._deps import require
 from gmpq_ray.export.quantized import ActivationGrid, activation_grid, check_exportable, quantized_layers, weight_codes
 
@@ -231,7 +231,7 @@ def build_onnx_model(
     """The ONNX ``ModelProto`` of quantized ``model`` for inputs of ``(N, *input_shape)`` (N free).
 
     Args:
-        model: a network quantized by :func:`~gmpq_ray.core.convert.apply_policy` (eval mode is used).
+        model: a network quantized by :func:`~gmpq_ray.core.quant.convert.apply_policy` (eval mode is used).
         input_shape: (C, H, W) of one image.
         metadata: key/value strings stored in the model's ``metadata_props``.
         int4: opset 21, weights of up to 4 bits as int4, 4-bit unsigned inputs as uint4.

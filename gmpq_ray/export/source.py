@@ -1,6 +1,6 @@
 """What an export starts from: a finetune run folder, or a policy plus a state dict and a job.
 
-A finetune run folder (:mod:`gmpq_ray.finetune_run`) holds ``policy.json``, ``job.yaml`` and,
+A finetune run folder (:mod:`gmpq_ray.finetune.outputs`) holds ``policy.json``, ``job.yaml`` and,
 once every epoch is done, ``model.pt``: the state dict of ``apply_policy(create_model(...),
 policy)`` with its calibrated activation clips. The job says which model, stem and data; the
 validation split of that data is what the check runs on.
@@ -15,13 +15,13 @@ import torch
 import yaml
 from torch import nn
 
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.convert import apply_policy, default_fixed_layers
+from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model, model_entry
+from gmpq_ray.core.models.registry import create_model, model_entry
 from gmpq_ray.core.policy import Policy
-from gmpq_ray.finetune_job import FinetuneJob, job_from_dict, load_finetune_job
-from gmpq_ray.finetune_run import JOB_FILE, MODEL_FILE, POLICY_FILE
+from gmpq_ray.core.quant.convert import apply_policy, default_fixed_layers
+from gmpq_ray.finetune.job import FinetuneJob, job_from_dict, load_finetune_job
+from gmpq_ray.finetune.outputs import JOB_FILE, MODEL_FILE, POLICY_FILE
 
 
 @dataclass

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gmpq_ray.core.budget import DEFAULT_DUAL_LR, REFERENCE_CD, ComplexityForm
 from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, require_seed, short_repr
-from gmpq_ray.core.data import DataConfig
+from gmpq_ray.core.cost.searchspace import SearchSpace
+from gmpq_ray.core.data.bundle import DataConfig
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.pretrained import is_weights_name
-from gmpq_ray.core.searchspace import SearchSpace
-from gmpq_ray.core.teacher import TeacherPrecision
+from gmpq_ray.core.models.pretrained import is_weights_name
+from gmpq_ray.core.objective.complexity_term import DEFAULT_DUAL_LR, REFERENCE_CD, ComplexityForm
+from gmpq_ray.core.train.teacher import TeacherPrecision
 from gmpq_ray.search.metrics import TRIAL_METRICS
 
 # Hyper-parameters of the differentiable search that a job may tune, with their defaults.

@@ -28,15 +28,15 @@ import ray
 import torch
 from ray import tune
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.convert import apply_policy
-from gmpq_ray.core.evaluation import evaluate_with_arc
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy, write_text_atomic
 from gmpq_ray.core.proxy import calibrated_probe_model, get_proxy, probe_model, score_layers, solve_allocation
 from gmpq_ray.core.proxy.probe import Batch
 from gmpq_ray.core.proxy.scores import Scores
 from gmpq_ray.core.proxy.solver import choice_bops
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import apply_policy
+from gmpq_ray.core.train.evaluation import evaluate_with_arc
 from gmpq_ray.runtime import StopSignals, study_url
 from gmpq_ray.search.job import Job
 from gmpq_ray.search.optuna_search import RecordingOptunaSearch

@@ -29,12 +29,12 @@ import torch
 import yaml
 from ray import tune
 
-from gmpq_ray.core.complexity import format_bops
-from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.bops import format_bops
+from gmpq_ray.core.errors import NoResultError, UserInputError
+from gmpq_ray.core.models.pretrained import is_weights_name, load_matching, local_path, read_state_dict
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
-from gmpq_ray.core.pretrained import is_weights_name, load_matching, local_path, read_state_dict
-from gmpq_ray.core.training import train_classifier
+from gmpq_ray.core.train.loop import train_classifier
 from gmpq_ray.report.figures import plot_policy
 from gmpq_ray.runtime import RunFolder, StopSignals, check_new_output, study_url
 from gmpq_ray.runtime.cluster import check_fits_a_node, start_ray
@@ -48,14 +48,6 @@ from gmpq_ray.search.trial import POLICY_FILE, UNFILLED_POLICY_FILE, TrialContex
 JOB_FILE = "job.yaml"
 TEACHER_FILE = "teacher.pt"
 RUN_KIND = "search"
-
-
-class NoResultError(RuntimeError):
-    """A search ran but no trial finished with a policy (all pruned or failed)."""
-
-    def __init__(self, message: str, seconds: float = float("nan")) -> None:
-        super().__init__(message)
-        self.seconds = seconds
 
 
 @dataclass
@@ -175,7 +167,7 @@ def run_search(
 
     Example::
 
-        result = gmpq_ray.search("jobs/quickstart.yaml", "runs/quickstart")
+        result = gmpq_ray.api.search("jobs/quickstart.yaml", "runs/quickstart")
         print(result.best_policy_path)
     """
     start = time.perf_counter()

@@ -5,7 +5,7 @@ flat names). In ``repair`` mode the proposal is mapped deterministically into th
 filled up to it) before anything else; in ``raw`` mode it is evaluated as proposed. The first
 report (epoch 0) carries only the policy's BOPs, before the network is even built, so that the
 scheduler stops an over-budget trial before a single training step. Then the QAT protocol
-(:class:`gmpq_ray.core.qat.QATRun`) runs and each epoch reports the same metrics as the
+(:class:`gmpq_ray.core.train.qat.QATRun`) runs and each epoch reports the same metrics as the
 differentiable trial, with a checkpoint to resume from.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from ray import tune
 
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.repair import repair_policy
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.qat import QATConfig, QATRun
-from gmpq_ray.core.repair import repair_policy
-from gmpq_ray.core.training import NonFiniteLossError
+from gmpq_ray.core.train.loop import NonFiniteLossError
+from gmpq_ray.core.train.qat import QATConfig, QATRun
 from gmpq_ray.search.metrics import TRIAL_METRICS
 from gmpq_ray.search.trial import (
     POLICY_FILE,

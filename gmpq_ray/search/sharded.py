@@ -31,11 +31,11 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.objective import GMPQObjective
-from gmpq_ray.core.sharding import train_shard_loader
-from gmpq_ray.core.training import NonFiniteLossError
-from gmpq_ray.ray_train_glue import quiet_ray_train_reports
+from gmpq_ray.core.data.sharding import train_shard_loader
+from gmpq_ray.core.objective.loss import GMPQObjective
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.train.loop import NonFiniteLossError
+from gmpq_ray.runtime.ray_train import quiet_ray_train_reports
 from gmpq_ray.search.job import Job
 from gmpq_ray.search.metrics import TRIAL_METRICS
 from gmpq_ray.search.trial import (

@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from ray import tune
 
-from gmpq_ray.core.budget import make_complexity
-from gmpq_ray.core.calibration import calibrate, reestimated_batch_norm
-from gmpq_ray.core.convert import argmax_policy, pinned_policy, supernet_layers, to_supernet
-from gmpq_ray.core.evaluation import evaluate_with_arc
-from gmpq_ray.core.models import create_model
-from gmpq_ray.core.objective import GMPQObjective
+from gmpq_ray.core.cost.repair import repair_policy
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.objective.complexity_term import make_complexity
+from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import Policy
-from gmpq_ray.core.quantizers import compile_requested_by_environment, compiler_available, use_compiled_kernels
-from gmpq_ray.core.repair import repair_policy
-from gmpq_ray.core.training import NonFiniteLossError, run_epoch
+from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
+from gmpq_ray.core.quant.convert import argmax_policy, pinned_policy, supernet_layers, to_supernet
+from gmpq_ray.core.quant.quantizers import compile_requested_by_environment, compiler_available, use_compiled_kernels
+from gmpq_ray.core.train.evaluation import evaluate_with_arc
+from gmpq_ray.core.train.loop import NonFiniteLossError, run_epoch
 from gmpq_ray.search.job import Job
 from gmpq_ray.search.metrics import TRIAL_METRICS
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.convert import supernet_layers, to_supernet
-from gmpq_ray.core.data import make_synthetic
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.data.bundle import make_synthetic
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import supernet_layers, to_supernet
 
 CANDIDATES = (2, 3, 4)
 

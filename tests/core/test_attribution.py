@@ -6,7 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from gmpq_ray.core.attribution import (
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.objective.attribution import (
     FeatureTap,
     attribution_rank_consistency,
     average_ranks,
@@ -17,9 +18,8 @@ from gmpq_ray.core.attribution import (
     normalize_maps,
     spearman,
 )
-from gmpq_ray.core.layers import QuantLinear
-from gmpq_ray.core.models import create_model
 from gmpq_ray.core.policy import LayerBits
+from gmpq_ray.core.quant.layers import QuantLinear
 
 
 def assert_maps_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:

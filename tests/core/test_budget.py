@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gmpq_ray.core.budget import BudgetMultiplier, ReferenceComplexity, make_complexity
+from gmpq_ray.core.objective.complexity_term import BudgetMultiplier, ReferenceComplexity, make_complexity
 
 
 def test_reference_term_is_cd_times_expected_bops_over_first_layer_macs():

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from gmpq_ray.core.calibration import calibrate, reestimated_batch_norm
-from gmpq_ray.core.convert import fixed_quant_layers, pinned_policy, supernet_layers, to_supernet
-from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.quantizers import ActivationQuantizer
+from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
+from gmpq_ray.core.quant.convert import fixed_quant_layers, pinned_policy, supernet_layers, to_supernet
+from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
+from gmpq_ray.core.quant.quantizers import ActivationQuantizer
 
 
 class QuantizeInput(nn.Module):

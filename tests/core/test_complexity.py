@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from gmpq_ray.core.complexity import CostModel, format_bops, module_macs
-from gmpq_ray.core.convert import supernet_layers, to_supernet
+from gmpq_ray.core.cost.bops import CostModel, format_bops, module_macs
 from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quant.convert import supernet_layers, to_supernet
 
 
 class Tiny(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits as sklearn_digits
 
-from gmpq_ray.core.data import load_digits, make_synthetic
+from gmpq_ray.core.data.bundle import load_digits, make_synthetic
 from gmpq_ray.core.errors import UserInputError
 
 

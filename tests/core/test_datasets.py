@@ -8,10 +8,10 @@ from PIL import Image
 from torchvision import transforms as T
 
 from gmpq_ray.core.config import parse
-from gmpq_ray.core.data import DataConfig, load_digits
-from gmpq_ray.core.datasets import DATASETS, build_split, dataset_spec, eval_transform, num_classes_of, train_transform
+from gmpq_ray.core.data.bundle import DataConfig, load_digits
+from gmpq_ray.core.data.datasets import DATASETS, build_split, dataset_spec, eval_transform, num_classes_of, train_transform
+from gmpq_ray.core.data.sharding import eval_shard_loader, train_shard_loader
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.sharding import eval_shard_loader, train_shard_loader
 from tests.finetune_helpers import CLASSES, make_image_folder
 
 

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from gmpq_ray.core.attribution import FeatureTap, gradcam_map, spearman
-from gmpq_ray.core.evaluation import evaluate_with_arc
-from gmpq_ray.core.training import evaluate
+from gmpq_ray.core.objective.attribution import FeatureTap, gradcam_map, spearman
+from gmpq_ray.core.train.evaluation import evaluate_with_arc
+from gmpq_ray.core.train.loop import evaluate
 
 
 def gradcam_arc(student, teacher, images, labels):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from gmpq_ray.core.convert import default_fixed_layers, searched_layers
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model, list_models, model_entry, register_model
+from gmpq_ray.core.models.registry import create_model, list_models, model_entry, register_model
+from gmpq_ray.core.quant.convert import default_fixed_layers, searched_layers
 
 
 def test_registry_lists_the_shipped_models():
@@ -79,6 +79,6 @@ def test_register_model():
         assert model_entry("tiny_test_net").feature_module == "body"
         assert isinstance(create_model("tiny_test_net"), nn.Sequential)
     finally:
-        from gmpq_ray.core import models
+        from gmpq_ray.core.models import registry as models
 
         models._REGISTRY.pop("tiny_test_net")

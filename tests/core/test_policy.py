@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from gmpq_ray.core.convert import apply_policy, searched_layers
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.layers import QuantConv2d, QuantLinear
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy, check_bits
+from gmpq_ray.core.quant.convert import apply_policy, searched_layers
+from gmpq_ray.core.quant.layers import QuantConv2d, QuantLinear
 
 DIGITS_SEARCHED = [f"features.{i}.conv" for i in range(1, 7)]
 DIGITS_FIXED = ["features.0.conv", "fc"]

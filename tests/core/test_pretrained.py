@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model
-from gmpq_ray.core.pretrained import is_weights_name, load_matching, read_state_dict
+from gmpq_ray.core.models.pretrained import is_weights_name, load_matching, read_state_dict
+from gmpq_ray.core.models.registry import create_model
 
 RESNET18_V1 = "torchvision:ResNet18_Weights.IMAGENET1K_V1"
 

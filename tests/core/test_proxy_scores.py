@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.data import make_synthetic
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.data.bundle import make_synthetic
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits
 from gmpq_ray.core.proxy import PROXIES, LayerProbe, calibrated_probe_model, get_proxy, score_layers
-from gmpq_ray.core.training import train_classifier
+from gmpq_ray.core.train.loop import train_classifier
 
 CANDIDATES = [LayerBits(w, a) for w in (2, 4) for a in (2, 4)]
 

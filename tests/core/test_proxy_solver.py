@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.cost.repair import policy_searched_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits
 from gmpq_ray.core.proxy.solver import monotone_damage, solve_allocation
-from gmpq_ray.core.repair import policy_searched_bops
 
 W_BITS, A_BITS = [2, 3, 4], [2, 3, 4]
 

@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
-from gmpq_ray.core import quantizers
-from gmpq_ray.core.quantizers import (
+from gmpq_ray.core.quant import quantizers
+from gmpq_ray.core.quant.quantizers import (
     ActivationQuantizer,
     _MixedActivationQuant,
     mix_weights,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gmpq_ray.core.quantizers import (
+from gmpq_ray.core.quant.quantizers import (
     ActivationQuantizer,
     _MixedActivationQuant,
     mix_weights,

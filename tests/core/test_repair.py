@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.cost.repair import policy_searched_bops, repair_policy
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.repair import policy_searched_bops, repair_policy
 
 DIGITS = CostModel.for_model("digits_cnn", 16, 10, 1)
 RESNET18 = CostModel.for_model("resnet18", 224)

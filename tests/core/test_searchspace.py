@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gmpq_ray.core.cost.searchspace import SearchSpace, parse_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits
-from gmpq_ray.core.searchspace import SearchSpace, parse_bops
 
 SEARCHSPACES = sorted((Path(__file__).resolve().parents[2] / "searchspaces").glob("*.yaml"))
 

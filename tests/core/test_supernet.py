@@ -8,10 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from gmpq_ray.core.budget import BudgetMultiplier, ReferenceComplexity
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.convert import (
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.data.bundle import make_synthetic
+from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.objective.complexity_term import BudgetMultiplier, ReferenceComplexity
+from gmpq_ray.core.objective.loss import GMPQObjective
+from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import (
     apply_policy,
     argmax_policy,
     default_fixed_layers,
@@ -22,14 +27,9 @@ from gmpq_ray.core.convert import (
     supernet_layers,
     to_supernet,
 )
-from gmpq_ray.core.data import make_synthetic
-from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
-from gmpq_ray.core.models import create_model
-from gmpq_ray.core.objective import GMPQObjective
-from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.quantizers import quantize_weight
-from gmpq_ray.core.training import run_epoch
+from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
+from gmpq_ray.core.quant.quantizers import quantize_weight
+from gmpq_ray.core.train.loop import run_epoch
 
 DIGITS_SEARCHED = [f"features.{i}.conv" for i in range(1, 7)]
 DIGITS_COST = CostModel.for_model("digits_cnn", 16, 10, 1)

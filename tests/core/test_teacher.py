@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from gmpq_ray.core.attribution import FeatureTap, class_activation_map, normalize_maps, spearman
-from gmpq_ray.core.data import load_digits
-from gmpq_ray.core.models import create_model, list_models
-from gmpq_ray.core.teacher import fold_batch_norms, inference_teacher, native_bf16, teacher_dtype
-from gmpq_ray.core.training import train_classifier
+from gmpq_ray.core.data.bundle import load_digits
+from gmpq_ray.core.models.registry import create_model, list_models
+from gmpq_ray.core.objective.attribution import FeatureTap, class_activation_map, normalize_maps, spearman
+from gmpq_ray.core.train.loop import train_classifier
+from gmpq_ray.core.train.teacher import fold_batch_norms, inference_teacher, native_bf16, teacher_dtype
 
 # in_channels, image size and batch norms of each registered model at test size
 _SIZES = {"digits_cnn": (1, 16), "resnet18": (3, 32), "resnet50": (3, 32), "mobilenet_v2": (3, 32)}

@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from gmpq_ray.core.attribution import FeatureTap, class_activation_map, gradcam_map
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.convert import apply_policy, argmax_policy, searched_layers, supernet_layers, to_supernet
+from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.evaluation import evaluate_with_arc
-from gmpq_ray.core.models import create_model, model_entry
-from gmpq_ray.core.objective import GMPQObjective
+from gmpq_ray.core.models.registry import create_model, model_entry
+from gmpq_ray.core.objective.attribution import FeatureTap, class_activation_map, gradcam_map
+from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.teacher import fold_batch_norms, inference_teacher
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import apply_policy, argmax_policy, searched_layers, supernet_layers, to_supernet
+from gmpq_ray.core.train.evaluation import evaluate_with_arc
+from gmpq_ray.core.train.teacher import fold_batch_norms, inference_teacher
 
 pytest.importorskip("timm")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gmpq_ray.core.data import make_synthetic
-from gmpq_ray.core.models import create_model
-from gmpq_ray.core.training import NonFiniteLossError, cross_entropy, evaluate, run_epoch, train_classifier
+from gmpq_ray.core.data.bundle import make_synthetic
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.train.loop import NonFiniteLossError, cross_entropy, evaluate, run_epoch, train_classifier
 
 
 def synthetic_loaders(seed: int = 0):

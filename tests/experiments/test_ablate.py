@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gmpq_ray.cli import main
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.experiments.ablate import run_ablation
 from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown

@@ -7,15 +7,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.data import DataConfig, load_digits
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.data.bundle import DataConfig, load_digits
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.qat import QATConfig, quantized_copy
-from gmpq_ray.core.training import cross_entropy, run_epoch, train_classifier
-from gmpq_ray.finetune_job import FinetuneJob, job_to_dict
-from gmpq_ray.finetune_run import JOB_FILE, MODEL_FILE, POLICY_FILE
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.train.loop import cross_entropy, run_epoch, train_classifier
+from gmpq_ray.core.train.qat import QATConfig, quantized_copy
+from gmpq_ray.finetune.job import FinetuneJob, job_to_dict
+from gmpq_ray.finetune.outputs import JOB_FILE, MODEL_FILE, POLICY_FILE
 
 # The quickstart's best policy (README): w/a bits of the six searched layers, fixed layers at 8/8.
 QUICKSTART_BITS = [(2, 2), (2, 2), (2, 2), (2, 2), (2, 3), (4, 3)]

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from gmpq_ray.cli import main
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.convert import apply_policy
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import apply_policy
 from gmpq_ray.export import CHECK_FILE, export_onnx
 from tests.export.export_helpers import QUICKSTART_BITS, make_digits_run
 

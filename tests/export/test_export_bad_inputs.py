@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from gmpq_ray.cli import main
-from gmpq_ray.core.convert import apply_policy, to_supernet
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.quant.convert import apply_policy, to_supernet
 from gmpq_ray.export import CHECK_FILE, export_onnx
 from tests.conftest import REPO
 from tests.export.export_helpers import make_digits_run, quickstart_policy
@@ -86,7 +86,7 @@ def test_policy_that_does_not_match_the_weights(digits_run, tmp_path, capsys, ch
     elif change == "other_model":
         torch.save(create_model("resnet18", 10, 1, True).state_dict(), run / "model.pt")
     elif change == "narrower":
-        from gmpq_ray.core.models import DigitsCNN
+        from gmpq_ray.core.models.registry import DigitsCNN
 
         torch.save(apply_policy(DigitsCNN(10, 1, width=8), quickstart_policy()).state_dict(), run / "model.pt")
     elif change == "unknown_layer":

@@ -7,11 +7,11 @@ import json
 import pytest
 import yaml
 
-import gmpq_ray
+import gmpq_ray.api
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.experiments.ablate_job import load_ablation_job
 from gmpq_ray.export import CHECK_FILE
-from gmpq_ray.finetune_job import load_finetune_job
+from gmpq_ray.finetune.job import load_finetune_job
 from tests.conftest import REPO
 from tests.finetune_helpers import make_image_folder, mixed_policy, save_fp_weights, write_finetune_job
 
@@ -26,7 +26,7 @@ def test_finetune_with_export_writes_the_checked_onnx_model(tmp_path, ray_local)
     mixed_policy().save(tmp_path / "policy.json")
     job = write_finetune_job(tmp_path, root, fp, epochs=1, workers=1, export=True)
     lines = []
-    result = gmpq_ray.finetune(tmp_path / "policy.json", job, tmp_path / "out", log=lines.append)
+    result = gmpq_ray.api.finetune(tmp_path / "policy.json", job, tmp_path / "out", log=lines.append)
     assert result.finished and result.export is not None and result.export.passed
     out = tmp_path / "out"
     assert (out / "model.onnx").is_file() and result.export.onnx_path == out / "model.onnx"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.search.job import load_job
 from gmpq_ray.search.runner import load_teacher_state
 from tests.conftest import write_job

@@ -6,9 +6,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.cost.repair import policy_searched_bops
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.repair import policy_searched_bops
 from gmpq_ray.search.proxy_search import task_shares
 from gmpq_ray.search.runner import run_search
 from tests.conftest import write_job

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gmpq_ray.core import quantizers
+from gmpq_ray.core.quant import quantizers
 from gmpq_ray.search.job import load_job
 from gmpq_ray.search.trial import AUTO_COMPILE_MIN_PIXELS, choose_quantizer_kernels, training_pixels
 from tests.conftest import write_job

@@ -8,10 +8,11 @@ import optuna
 import pandas as pd
 import pytest
 
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.errors import NoResultError
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.search.job import ParamSpec, load_job
-from gmpq_ray.search.runner import NoResultError, run_search
+from gmpq_ray.search.runner import run_search
 from tests.conftest import write_job
 
 pytestmark = pytest.mark.ray

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from gmpq_ray.core.complexity import CostModel
+from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.search.runner import run_search
 from tests.conftest import write_job

@@ -10,8 +10,8 @@ import pytest
 import torch
 from ray import tune
 
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.search.job import load_job
 from gmpq_ray.search.metrics import TRIAL_METRICS

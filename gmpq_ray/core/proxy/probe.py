@@ -4,8 +4,8 @@ A proxy scores every (layer, w_bits, a_bits) choice by quantizing that layer alo
 teacher. Everything upstream of the layer is the same in all these runs, so :class:`LayerProbe`
 runs the FP network once per batch with ``torch.fx``, keeps every intermediate value, and for
 each choice re-runs only the nodes downstream of the layer. Each searched conv is a
-:class:`~gmpq_ray.core.layers.QuantConv2d` at 32/32 bits (full precision) whose activation
-quantizer was calibrated on the FP network's inputs (:func:`gmpq_ray.core.calibration.calibrate`);
+:class:`~gmpq_ray.core.quant.layers.QuantConv2d` at 32/32 bits (full precision) whose activation
+quantizer was calibrated on the FP network's inputs (:func:`gmpq_ray.core.quant.calibration.calibrate`);
 a choice sets its bits for the run. Fixed layers stay in full precision.
 
 ``precision="bf16"`` runs the probe under bf16 autocast with channels_last activations (about
@@ -25,11 +25,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.convert import set_submodule
-from gmpq_ray.core.layers import QuantConv2d, QuantLinear
-from gmpq_ray.core.models import model_entry
+from gmpq_ray.core.models.registry import model_entry
 from gmpq_ray.core.policy import FULL_PRECISION_BITS, LayerBits
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import set_submodule
+from gmpq_ray.core.quant.layers import QuantConv2d, QuantLinear
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 

@@ -1,7 +1,7 @@
 """The bit allocation of a proxy search, solved exactly: a multiple-choice knapsack.
 
 Each searched layer takes exactly one (w_bits, a_bits) choice; a choice has a cost (its BOPs,
-from the project's one cost model, :func:`gmpq_ray.core.repair.policy_searched_bops`) and a
+from the project's one cost model, :func:`gmpq_ray.core.cost.repair.policy_searched_bops`) and a
 *damage* (what a proxy measured when that layer alone was quantized so). The allocation
 minimizes the summed damage with the searched-layer BOPs at most the limit.
 
@@ -12,7 +12,7 @@ those that cannot fit even with every remaining layer at its cheapest choice. BO
 integers (no discretization), so the optimum is exact, not within a grid step.
 
 Two rules make the answer *maximal* (no single layer's weight or activation bits can go up a
-step without breaking the limit), as :func:`gmpq_ray.core.repair.repair_policy` promises:
+step without breaking the limit), as :func:`gmpq_ray.core.cost.repair.repair_policy` promises:
 
 * a layer's damage at (w, a) is taken as the least damage among its choices with no more bits
   (more bits never hurt; a few batches of measurement noise would otherwise make the solver
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gmpq_ray.core.cost.repair import policy_searched_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits
-from gmpq_ray.core.repair import policy_searched_bops
 
 Damage = Mapping[str, Mapping[LayerBits, float]]
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmpq_ray.core.attribution import FeatureTap, attribution_rank_consistency, class_activation_map, gradcam_map
-from gmpq_ray.core.models import model_entry
+from gmpq_ray.core.models.registry import model_entry
+from gmpq_ray.core.objective.attribution import FeatureTap, attribution_rank_consistency, class_activation_map, gradcam_map
 
 
 @dataclass

@@ -82,7 +82,7 @@ def fold_batch_norms(model: nn.Module) -> int:
     that does not trace is left as it is. Returns the number of folded pairs.
 
     Example:
-        >>> from gmpq_ray.core.models import create_model
+        >>> from gmpq_ray.core.models.registry import create_model
         >>> fold_batch_norms(create_model("digits_cnn").eval())
         7
     """
@@ -142,7 +142,7 @@ def inference_teacher(teacher: nn.Module, precision: TeacherPrecision = "auto") 
     outputs and hooked features come out in the teacher's dtype. ``teacher`` is not changed.
 
     Example:
-        >>> from gmpq_ray.core.models import create_model
+        >>> from gmpq_ray.core.models.registry import create_model
         >>> fast = inference_teacher(create_model("digits_cnn", in_channels=1), "bf16")
         >>> fast(torch.randn(2, 1, 16, 16)).dtype
         torch.bfloat16

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gmpq_ray.core.convert import default_fixed_layers, quantizable_layers, searched_layers, supernet_layers
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quant.convert import default_fixed_layers, quantizable_layers, searched_layers, supernet_layers
 
 GIGA = 1e9
 

@@ -2,15 +2,12 @@
 
 :func:`finetune` checks everything the user gave before any worker starts (the job, the policy
 against the model, the FP state dict against the model, the data root, the output folder, the
-resources), then runs :func:`gmpq_ray.finetune_worker.train_loop_per_worker` on ``workers``
-workers and writes the run folder described in :mod:`gmpq_ray.finetune_run`.
+resources), then runs :func:`gmpq_ray.finetune.worker.train_loop_per_worker` on ``workers``
+workers and writes the run folder described in :mod:`gmpq_ray.finetune.outputs`.
 
 An interrupted run (a crash, or ``stop_after_epochs``) resumes with ``resume=True``: the same
 Ray Train run name and storage path make :func:`ray.train.get_checkpoint` return its latest
 checkpoint, and training continues from the next epoch.
-
-The module is callable (``gmpq_ray.finetune(...)`` is :func:`finetune`), so the package API
-works whether or not this module was imported first.
 """
 
 from __future__ import annotations
@@ -27,15 +24,14 @@ import torch
 import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from gmpq_ray._callable import make_callable
-from gmpq_ray.core.complexity import CostModel, format_bops
+from gmpq_ray.core.cost.bops import CostModel, format_bops
 from gmpq_ray.core.errors import UserInputError, one_line
-from gmpq_ray.core.finetuning import check_policy_fits, load_fp_weights
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.pretrained import local_path, read_state_dict
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
-from gmpq_ray.core.pretrained import local_path, read_state_dict
-from gmpq_ray.finetune_job import FinetuneJob, job_to_dict, load_finetune_job
-from gmpq_ray.finetune_run import (
+from gmpq_ray.core.train.finetuning import check_policy_fits, load_fp_weights
+from gmpq_ray.finetune.job import FinetuneJob, job_to_dict, load_finetune_job
+from gmpq_ray.finetune.outputs import (
     EXPORT_FILE,
     FINAL_FILE,
     JOB_FILE,
@@ -48,7 +44,7 @@ from gmpq_ray.finetune_run import (
     load_state,
     write_outputs,
 )
-from gmpq_ray.finetune_worker import train_loop_per_worker
+from gmpq_ray.finetune.worker import train_loop_per_worker
 from gmpq_ray.runtime import RunFolder, StopSignals
 from gmpq_ray.runtime.cluster import check_fits_a_node, start_ray
 
@@ -81,7 +77,7 @@ def finetune(
 
     Example::
 
-        result = gmpq_ray.finetune("runs/quickstart/best_policy.json", "jobs/finetune_digits.yaml", "runs/ft")
+        result = gmpq_ray.api.finetune("runs/quickstart/best_policy.json", "jobs/finetune_digits.yaml", "runs/ft")
         print(result.top1, result.bops_searched)
     """
     start = time.perf_counter()
@@ -233,4 +229,3 @@ def _worker_error(err: Exception) -> Exception:
     return RuntimeError(f"finetune failed: {str(first).strip().splitlines()[-1] if str(first).strip() else repr(first)}")
 
 
-make_callable(__name__, "gmpq_ray.finetune:finetune")

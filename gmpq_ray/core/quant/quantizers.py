@@ -744,7 +744,7 @@ class ActivationQuantizer(nn.Module):
     """Quantizes a layer's input activation at one or several candidate bitwidths.
 
     One learnable clipping value is shared by all candidates. Call :meth:`observe` (through
-    :func:`gmpq_ray.core.calibration.calibrate`) to set the clip from data before training.
+    :func:`gmpq_ray.core.quant.calibration.calibrate`) to set the clip from data before training.
 
     Args:
         init_clip: starting clip before calibration.

@@ -22,8 +22,11 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.finetuning import (
+from gmpq_ray.core.data.sharding import eval_shard_loader, per_worker_batch, train_shard_loader
+from gmpq_ray.core.models.registry import create_model
+from gmpq_ray.core.policy import Policy
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.train.finetuning import (
     QATLoss,
     deployment_model,
     load_fp_weights,
@@ -31,13 +34,10 @@ from gmpq_ray.core.finetuning import (
     topk_metrics,
     topk_sums,
 )
-from gmpq_ray.core.models import create_model
-from gmpq_ray.core.policy import Policy
-from gmpq_ray.core.sharding import eval_shard_loader, per_worker_batch, train_shard_loader
-from gmpq_ray.core.training import run_epoch
-from gmpq_ray.finetune_job import FinetuneJob
-from gmpq_ray.finetune_run import STATE_FILE, checkpoint_name, load_state
-from gmpq_ray.ray_train_glue import quiet_ray_train_reports
+from gmpq_ray.core.train.loop import run_epoch
+from gmpq_ray.finetune.job import FinetuneJob
+from gmpq_ray.finetune.outputs import STATE_FILE, checkpoint_name, load_state
+from gmpq_ray.runtime.ray_train import quiet_ray_train_reports
 
 # Ray Train configures the root logger of its workers to reach the driver once (a print
 # reaches it twice).

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmpq_ray.core.layers import QuantLinear
-from gmpq_ray.core.models import model_entry
+from gmpq_ray.core.models.registry import model_entry
+from gmpq_ray.core.quant.layers import QuantLinear
 
 
 class FeatureTap:

@@ -8,7 +8,7 @@ average pool and that classifier only (MobileNetV3's ``conv_head`` after the poo
 attribution takes the autograd path).
 
 Every model is built with ``pretrained=False``; pretrained weights are loaded by name through
-:mod:`gmpq_ray.core.pretrained`. ``cifar_stem`` sets the first conv's stride to 1 and drops a
+:mod:`gmpq_ray.core.models.pretrained`. ``cifar_stem`` sets the first conv's stride to 1 and drops a
 stem max-pool where there is one, keeping every layer's name.
 """
 
@@ -84,8 +84,8 @@ def _outermost(names: list[str]) -> str:
 
 @functools.cache
 def timm_entry(name: str):
-    """The :class:`~gmpq_ray.core.models.ModelEntry` of ``timm:<arch>``, read on a meta-device copy."""
-    from gmpq_ray.core.models import ModelEntry
+    """The :class:`~gmpq_ray.core.models.registry.ModelEntry` of ``timm:<arch>``, read on a meta-device copy."""
+    from gmpq_ray.core.models.registry import ModelEntry
 
     arch = timm_architecture(name)
     with torch.device("meta"):

@@ -57,10 +57,10 @@ def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; raises a :class:`UserInputError` naming the choices.
 
     ``timm:<name>`` (``timm:efficientnet_b0``) is any timm CNN, read through timm's own
-    interface (:mod:`gmpq_ray.core.timm_models`; timm is imported only then).
+    interface (:mod:`gmpq_ray.core.models.timm_models`; timm is imported only then).
     """
     if name.startswith("timm:"):
-        from gmpq_ray.core.timm_models import timm_entry
+        from gmpq_ray.core.models.timm_models import timm_entry
 
         return timm_entry(name)
     try:

@@ -13,8 +13,8 @@ from torch import nn
 
 from gmpq_ray.core.config import short_repr
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
 from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
 
 _QUANT_TYPES = (QuantConv2d, QuantLinear, MixedPrecisionConv2d)
 

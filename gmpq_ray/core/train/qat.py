@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gmpq_ray.core.calibration import calibrate
-from gmpq_ray.core.convert import apply_policy
-from gmpq_ray.core.evaluation import Evaluation, evaluate_with_arc
 from gmpq_ray.core.policy import LayerBits, Policy
-from gmpq_ray.core.training import cross_entropy, run_epoch
+from gmpq_ray.core.quant.calibration import calibrate
+from gmpq_ray.core.quant.convert import apply_policy
+from gmpq_ray.core.train.evaluation import Evaluation, evaluate_with_arc
+from gmpq_ray.core.train.loop import cross_entropy, run_epoch
 
 
 @dataclass

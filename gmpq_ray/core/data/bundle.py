@@ -3,7 +3,7 @@
 :class:`DataConfig` is the ``data:`` section of search and finetune jobs. The digits and the
 synthetic set live in memory (scikit-learn ships the digits: 1,797 real 8x8 images, nothing is
 downloaded); image data sets (CIFAR-10, Cars, Flowers, Aircraft, Pets, Food, ImageNet, any
-ImageFolder tree) are read from a local ``root`` by :mod:`gmpq_ray.core.datasets`.
+ImageFolder tree) are read from a local ``root`` by :mod:`gmpq_ray.core.data.datasets`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 if TYPE_CHECKING:
     import numpy as np
 from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, require, require_seed, short_repr
-from gmpq_ray.core.datasets import DATASETS, build_split, num_classes_of
+from gmpq_ray.core.data.datasets import DATASETS, build_split, num_classes_of
 from gmpq_ray.core.errors import UserInputError
 
 
@@ -196,7 +196,7 @@ DataName = Literal["digits", "synthetic", "cifar10", "stanford_cars", "flowers10
 class DataConfig:
     """The data set a job trains on: the embedded digits, a synthetic set, or an image data set.
 
-    Image data sets read ``root`` (see :mod:`gmpq_ray.core.datasets` for each one's layout);
+    Image data sets read ``root`` (see :mod:`gmpq_ray.core.data.datasets` for each one's layout);
     ``image_size`` defaults to the data set's usual resolution (digits 16, CIFAR 32, others 224).
     ``classes`` keeps some digits only; ``train_fraction`` keeps a fixed random share of the
     training split (of any data set), e.g. to make a small data set out of a large one. The

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmpq_ray.core.policy import LayerBits
-from gmpq_ray.core.quantizers import ActivationQuantizer, mix_weights, quantize_weight
+from gmpq_ray.core.quant.quantizers import ActivationQuantizer, mix_weights, quantize_weight
 
 
 class QuantConv2d(nn.Conv2d):

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmpq_ray.core.attribution import FeatureTap, capacity_exponent, class_activation_map, gradcam_map, imitation_loss
-from gmpq_ray.core.budget import DEFAULT_DUAL_LR, BudgetMultiplier, ComplexityTerm
-from gmpq_ray.core.complexity import CostModel
-from gmpq_ray.core.convert import supernet_layers
-from gmpq_ray.core.models import model_entry
-from gmpq_ray.core.teacher import TeacherPrecision, inference_teacher
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.models.registry import model_entry
+from gmpq_ray.core.objective.attribution import FeatureTap, capacity_exponent, class_activation_map, gradcam_map, imitation_loss
+from gmpq_ray.core.objective.complexity_term import DEFAULT_DUAL_LR, BudgetMultiplier, ComplexityTerm
+from gmpq_ray.core.quant.convert import supernet_layers
+from gmpq_ray.core.train.teacher import TeacherPrecision, inference_teacher
 
 AttributionPath = Literal["closed_form", "autograd"]
 
@@ -22,18 +22,18 @@ class GMPQObjective:
     """Loss function of a supernet search step, usable as the ``loss_fn`` of ``run_epoch``.
 
     ``L = CE + lambda_attr * L_attr + complexity``. ``L_attr`` is the capacity-aware attribution
-    imitation (:func:`~gmpq_ray.core.attribution.imitation_loss`, averaged over batch and pixels
+    imitation (:func:`~gmpq_ray.core.objective.attribution.imitation_loss`, averaged over batch and pixels
     as the reference): the teacher's map is raised to a fixed power ``p`` (the reference's
     ``--pnorm``) or, when ``p`` is None, to ``kappa * mean_l 1/(E[b_w] E[b_a])`` (its
-    ``--product``). The complexity term is a :class:`~gmpq_ray.core.budget.ComplexityTerm` of
+    ``--product``). The complexity term is a :class:`~gmpq_ray.core.objective.complexity_term.ComplexityTerm` of
     the expected searched-layer BOPs under softmax(α) and of the argmax policy's BOPs; by default
-    a :class:`~gmpq_ray.core.budget.BudgetMultiplier` that starts at ``lambda_c`` and aims the
+    a :class:`~gmpq_ray.core.objective.complexity_term.BudgetMultiplier` that starts at ``lambda_c`` and aims the
     argmax at the limit. The teacher runs once per step without autograd, as a frozen copy
     with folded batch norms, in bf16 where the hardware runs it natively
-    (:func:`~gmpq_ray.core.teacher.inference_teacher`).
+    (:func:`~gmpq_ray.core.train.teacher.inference_teacher`).
 
     Args:
-        student: the supernet (after :func:`~gmpq_ray.core.convert.to_supernet`).
+        student: the supernet (after :func:`~gmpq_ray.core.quant.convert.to_supernet`).
         teacher: the FP model, in eval mode; its parameters are not trained.
         model_name: registry name of both networks (locates the feature map and classifier).
         cost: the deployment cost model.

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.complexity import CostModel
 from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, load_yaml, parse, require, short_repr
-from gmpq_ray.core.convert import check_fixed_layers
+from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.cost.repair import policy_searched_bops
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import create_model, model_entry
+from gmpq_ray.core.models.registry import create_model, model_entry
 from gmpq_ray.core.policy import MAX_BITS, MIN_BITS, LayerBits, check_bits
-from gmpq_ray.core.repair import policy_searched_bops
+from gmpq_ray.core.quant.convert import check_fixed_layers
 
 _UNITS = {"": 1e9, "G": 1e9, "M": 1e6, "T": 1e12, "K": 1e3}
 

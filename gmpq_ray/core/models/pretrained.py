@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.timm_models import TIMM_PREFIX
+from gmpq_ray.core.models.timm_models import TIMM_PREFIX
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -112,7 +112,7 @@ def _torchvision_state(name: str, where: str) -> Mapping[str, torch.Tensor]:
 
 
 def _timm_state(name: str, where: str) -> Mapping[str, torch.Tensor]:
-    from gmpq_ray.core.timm_models import import_timm
+    from gmpq_ray.core.models.timm_models import import_timm
 
     timm = import_timm(f"{where} {name}")
     tagged = name.removeprefix(TIMM_PREFIX)

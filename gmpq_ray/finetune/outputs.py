@@ -6,7 +6,7 @@ Layout (each file written atomically):
 * ``train/``: the Ray Train run, with a checkpoint per epoch (``epoch_NNNN/state.pt``);
 * ``metrics.csv``: one row an epoch (train loss and top-1, validation loss, top-1, top-5, lr);
 * ``final_metrics.json``: top-1, top-5 and the policy's BOPs (searched layers and total, as
-  :meth:`~gmpq_ray.core.complexity.CostModel.policy_bops` and ``gmpq bops --policy`` count them);
+  :meth:`~gmpq_ray.core.cost.bops.CostModel.policy_bops` and ``gmpq bops --policy`` count them);
 * ``model.pt``: the finetuned deployment model's state dict (load it into
   ``apply_policy(create_model(...), policy)``).
 * with ``export: true`` in the job, ``model.onnx`` and ``export_check.json``: the finetuned model
@@ -26,11 +26,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from gmpq_ray.core.complexity import format_bops
 from gmpq_ray.core.config import load_yaml
+from gmpq_ray.core.cost.bops import format_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import Policy, write_text_atomic
-from gmpq_ray.finetune_job import FinetuneJob, job_from_dict, resume_conflicts
+from gmpq_ray.finetune.job import FinetuneJob, job_from_dict, resume_conflicts
 from gmpq_ray.runtime import check_new_output
 
 RUN_NAME = "train"

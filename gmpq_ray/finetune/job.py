@@ -33,12 +33,12 @@ from gmpq_ray.core.config import (
     require_name,
     require_seed,
 )
-from gmpq_ray.core.data import DataConfig
+from gmpq_ray.core.cost.searchspace import SearchSpace
+from gmpq_ray.core.data.bundle import DataConfig
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.models import model_entry
+from gmpq_ray.core.models.pretrained import is_weights_name
+from gmpq_ray.core.models.registry import model_entry
 from gmpq_ray.core.policy import LayerBits, check_bits
-from gmpq_ray.core.pretrained import is_weights_name
-from gmpq_ray.core.searchspace import SearchSpace
 
 # Fields a resumed run may change: how long it runs and on what, not what it computes.
 RESUMABLE_CHANGES = ("epochs", "stop_after_epochs", "workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "export")

@@ -1,6 +1,6 @@
 """Finetuning a policy on the large data set, in one process: model, loss, top-k evaluation.
 
-The Ray Train job (:mod:`gmpq_ray.finetune`) runs these on every worker. The deployment model
+The Ray Train job (:mod:`gmpq_ray.finetune.runner`) runs these on every worker. The deployment model
 is the FP architecture with its FP weights, quantized in place by the policy; its activation
 ranges are calibrated before training. With ``distill`` the FP model is the teacher: the loss
 mixes cross-entropy with the KL divergence between the softened logits.
@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmpq_ray.core.convert import apply_policy
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.core.layers import QuantConv2d, QuantLinear
-from gmpq_ray.core.models import create_model
+from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import FULL_PRECISION_BITS, LayerBits, Policy
-from gmpq_ray.core.quantizers import ActivationQuantizer
+from gmpq_ray.core.quant.convert import apply_policy
+from gmpq_ray.core.quant.layers import QuantConv2d, QuantLinear
+from gmpq_ray.core.quant.quantizers import ActivationQuantizer
 
 
 def check_policy_fits(model_name: str, num_classes: int, in_channels: int, cifar_stem: bool, policy: Policy,
@@ -84,7 +84,7 @@ def quantize_activations_in_float32(model: nn.Module) -> list:
 
 
 class QATLoss:
-    """Loss of a finetuning step, usable as the ``loss_fn`` of :func:`~gmpq_ray.core.training.run_epoch`.
+    """Loss of a finetuning step, usable as the ``loss_fn`` of :func:`~gmpq_ray.core.train.loop.run_epoch`.
 
     ``(1 - distill_weight) * CE + distill_weight * T^2 * KL(teacher || student)`` with a
     teacher, plain CE without. ``autocast`` (e.g. ``torch.bfloat16``) runs the forward passes
