@@ -15,8 +15,9 @@ Two forms, chosen by a search job's ``complexity``:
   instead of wasting it.
   The multiplier follows the argmax policy (the one that is deployed), not ``E[BOPs]``: the
   two differ by whole bit steps while softmax(α) is flat. The gradient still flows through
-  ``E[BOPs]`` (the argmax has none). Measured on the quickstart and on ResNet-18 (README,
-  "The loss"), this lands the argmax inside [0.85, 1.0] x limit with no repair and no fill.
+  ``E[BOPs]`` (the argmax has none). Measured on the digits, the quickstart and ResNet-18
+  (README, "The loss", with the counts), this lands the argmax inside [0.85, 1.0] x limit with
+  no repair and no fill in most runs; trials stopped early may still be over the limit.
 
 Both are pure functions of tensors: no host sync per step.
 """
