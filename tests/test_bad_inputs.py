@@ -384,3 +384,20 @@ def test_validation_only_checks():
     raw.validate("space")
     assert raw.w_bits == [4, 2, 3] and raw.bops_limit == "33M"
     assert dataclasses.asdict(space) == before
+
+
+def test_a_test_split_with_other_classes_ends_a_search_in_one_line(tmp_path, capsys):
+    """ROOT/test/ (the held-out test split) must hold train/'s class folders: refused before Ray starts."""
+    import shutil
+
+    from tests.finetune_helpers import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1, size=16)
+    shutil.copytree(root / "val" / "circle", root / "test" / "circle")
+    shutil.copytree(root / "val" / "square", root / "test" / "triangle")
+    space = {**SPACE, "num_classes": 3, "in_channels": 3}
+    job = write_job(tmp_path, searchspace=space, data={"name": "imagefolder", "root": str(root), "image_size": 16, "batch_size": 4},
+                    teacher={"epochs": 1, "lr": 0.05})
+    refused(capsys, ["search", str(job), "--output", str(tmp_path / "o"), "--no-progress"],
+            f"the test split {root / 'test'} has different class folders than train/ (e.g. ['square', 'stripes', 'triangle'])",
+            out=tmp_path / "o")

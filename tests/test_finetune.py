@@ -255,3 +255,29 @@ def test_offline_fp_weights_by_name(setup, tmp_path, capsys, monkeypatch):
     line = refused(capsys, "finetune", str(policy_path), str(job), "--output", str(tmp_path / "o"))
     assert "could not be downloaded, offline?" in line and "give its path as fp_state_dict" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_final_metrics_name_the_split_they_are_on(tmp_path):
+    """``report_split: test``: metrics.csv keeps every epoch on val, final_metrics.json reports the last epoch's
+    test numbers where the worker evaluated them (the data set has a test split), else val's."""
+    from gmpq_ray.finetune.job import FinetuneJob
+    from gmpq_ray.finetune.outputs import STATE_FILE, checkpoint_name, write_outputs
+
+    def run(history: list[dict], split: str) -> dict:
+        out = tmp_path / split / str(len(history[-1]))
+        (out / "train" / checkpoint_name(2)).mkdir(parents=True)
+        torch.save({"model": {}, "optimizer": {}, "epoch": 2, "history": history}, out / "train" / checkpoint_name(2) / STATE_FILE)
+        job = FinetuneJob(fp_state_dict="fp.pt", model="digits_cnn", epochs=2, report_split=split)
+        result = write_outputs(out, job, (10**9, 2 * 10**9), lambda _: None, 1.0)
+        final = json.loads((out / "final_metrics.json").read_text())
+        assert (result.top1, result.top5) == (final["top1"], final["top5"])
+        assert list(pd.read_csv(out / "metrics.csv").top1) == [e["top1"] for e in history]
+        return final
+
+    epoch = {"lr": 0.01, "train_loss": 0.1, "train_top1": 0.9, "val_loss": 0.2, "top1": 0.8, "top5": 0.95,
+             "epoch_seconds": 1.0, "workers": 1}
+    history = [{**epoch, "epoch": 1, "top1": 0.7}, {**epoch, "epoch": 2, "test_loss": 0.3, "test_top1": 0.75, "test_top5": 0.9}]
+    final = run(history, "test")
+    assert (final["split"], final["top1"], final["top5"], final["val_top1"], final["val_top5"]) == ("test", 0.75, 0.9, 0.8, 0.95)
+    final = run(history[:1] + [{**epoch, "epoch": 2}], "val")  # no test numbers (no test split, or report_split val)
+    assert (final["split"], final["top1"], final["val_top1"]) == ("val", 0.8, 0.8)

@@ -8,6 +8,11 @@ other since each uses the whole cluster). The run folder receives ``<architectur
 (full run folders), ``<architecture>/fp_target.pt`` and ``fp_metrics.json``, and the tables
 ``transfer.csv`` and ``transfer.md`` and one ``bits_<architecture>.png`` an architecture.
 
+Every top-1 is on the target's held-out test split where it has one (:func:`report_split`, as
+``gmpq compare``: the searches select on their own validation splits, the finetunes run a fixed
+number of epochs, so no selection sees it), else on its validation split; ``transfer.csv``'s
+``split`` column and ``transfer.md`` say which.
+
 A pair whose search ends without a policy (every trial pruned or failed) gets a row with its
 error and the ablation goes on. ``resume=True`` continues an interrupted ablation: finished
 pieces are kept, interrupted searches and finetunes resume from their checkpoints.
@@ -35,6 +40,7 @@ from gmpq_ray.core.train.finetuning import QATLoss, load_fp_weights, topk_metric
 from gmpq_ray.core.train.loop import train_classifier
 from gmpq_ray.experiments.ablate_job import AblationJob, ArchitectureConfig, Pair, load_ablation_job, slug
 from gmpq_ray.experiments.baselines import best_uniform_policy, random_feasible_policies
+from gmpq_ray.experiments.compare import report_split
 from gmpq_ray.finetune.job import FinetuneJob
 from gmpq_ray.finetune.runner import FINAL_FILE, finetune, latest_checkpoint
 from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown
@@ -154,7 +160,7 @@ def _train_fp_remote(job: FinetuneJob, epochs: int, lr: float) -> dict[str, torc
 
 
 @ray.remote
-def _evaluate_fp_remote(job: FinetuneJob, fp_state: dict[str, torch.Tensor]) -> dict[str, float]:
+def _evaluate_fp_remote(job: FinetuneJob, fp_state: dict[str, torch.Tensor], split: str = "val") -> dict[str, float]:
     data = job.data.load()
     device = torch.device("cuda" if job.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
     model = create_model(job.model, data.num_classes, data.in_channels, job.cifar_stem)
@@ -163,9 +169,9 @@ def _evaluate_fp_remote(job: FinetuneJob, fp_state: dict[str, torch.Tensor]) -> 
     on_gpu = device.type == "cuda"
     if on_gpu:
         model.to(memory_format=torch.channels_last)
-    _, val_loader = data.loaders(job.data.batch_size)
+    loader = data.eval_loader(split, job.data.batch_size)
     loss = QATLoss(autocast=torch.bfloat16 if on_gpu else None, channels_last=on_gpu)
-    return topk_metrics(topk_sums(model, val_loader, loss, device).cpu())
+    return topk_metrics(topk_sums(model, loader, loss, device).cpu())
 
 
 def _task_resources(job: FinetuneJob) -> dict[str, float]:
@@ -190,21 +196,22 @@ def _fp_weights(job: AblationJob, arch: ArchitectureConfig, finetune_job: Finetu
 
 
 def _fp_row(arch: ArchitectureConfig, pair: Pair, fp_path: Path, folder: Path, log) -> dict:
-    """The FP row: the FP model's top-1 on the target, its BOPs at 32/32 bits."""
+    """The FP row: the FP model's top-1 on the target (its report split), its BOPs at 32/32 bits."""
     metrics_path = folder / FP_METRICS
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-    else:
+    split = report_split(pair.finetune.data)
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if metrics.get("split", "val") != split:  # not yet evaluated, or (an older run) on another split
         state = torch.load(fp_path, map_location="cpu", weights_only=True)
-        metrics = ray.get(_evaluate_fp_remote.options(**_task_resources(pair.finetune)).remote(pair.finetune, state))
+        metrics = ray.get(_evaluate_fp_remote.options(**_task_resources(pair.finetune)).remote(pair.finetune, state, split))
+        metrics["split"] = split
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    log(f"== {arch.label}: FP top-1 {metrics['top1']:.4f} on the target ==")
+    log(f"== {arch.label}: FP top-1 {metrics['top1']:.4f} on the target's {split} split ==")
     cost = _cost_model(pair.finetune)
     fp_bops = cost.uniform_bops(32, 32)
     searched = sum(cost.macs[n] for n in cost.searched) * 32 * 32
     return {"architecture": arch.label, "search_dataset": FULL_PRECISION, "top1": metrics["top1"], "top5": metrics["top5"],
-            "bops_searched_g": searched / 1e9, "bops_total_g": fp_bops / 1e9, "policy": "32/32", "error": ""}
+            "split": split, "bops_searched_g": searched / 1e9, "bops_total_g": fp_bops / 1e9, "policy": "32/32", "error": ""}
 
 
 def _cost_model(job: FinetuneJob) -> CostModel:
@@ -240,7 +247,7 @@ def _finetune_pair(pair: Pair, search: tuple[Policy | None, float | None, str], 
     log(f"== {pair.architecture}: finetuning the {pair.dataset} policy on the target ==")
     result = _finetune(pair, policy, fp_path, folder / "finetune", address, resume, log)
     return {
-        **row, "top1": result["top1"], "top5": result["top5"],
+        **row, "top1": result["top1"], "top5": result["top5"], "split": result.get("split", "val"),
         "bops_searched_g": result["bops_searched_g"], "bops_total_g": result["bops_total_g"],
         "bops_limit_g": pair.search.space.bops_limit / 1e9,
         "policy": " ".join(f"{b.w_bits}/{b.a_bits}" for b in policy.layers.values()),
@@ -283,7 +290,8 @@ def _search(pair: Pair, folder: Path, resume: bool) -> tuple[Policy | None, floa
 def _finetune(pair: Pair, policy: Policy, fp_path: Path, folder: Path, address, resume: bool, log) -> dict:
     if resume and (folder / FINAL_FILE).is_file():
         return json.loads((folder / FINAL_FILE).read_text())
-    job = dataclasses.replace(pair.finetune, fp_state_dict=str(fp_path))
+    # Per epoch the finetune evaluates on the target's val split; its reported top-1 is on the held-out test split.
+    job = dataclasses.replace(pair.finetune, fp_state_dict=str(fp_path), report_split=report_split(pair.finetune.data))
     interrupted = resume and latest_checkpoint(folder) is not None
     result = finetune(policy, job, folder, overwrite=not interrupted, resume=interrupted, address=address, log=log)
     return {**json.loads((folder / FINAL_FILE).read_text()), "seconds": result.seconds}
@@ -293,8 +301,11 @@ def _notes(job: AblationJob, seconds: float) -> list[str]:
     search, ft = job.pairs[0].search.search, job.pairs[0].finetune
     searched = (f"proxy ({search.proxy}, {search.proxy_batches} batches), one solve" if search.method == "proxy"
                 else f"{search.method}, {search.num_trials} trial(s) x {search.epochs} epoch(s)")
+    split = report_split(job.config.target.data)
+    where = ("held-out test split (no search or finetune selected on it)" if split == "test" else
+             "validation split (it holds no test split out)")
     return [
-        "Top-1 in % on the target's validation split. BOPs: the full-precision row counts the whole network at 32/32 "
+        f"Top-1 in % on the target's {where}. BOPs: the full-precision row counts the whole network at 32/32 "
         "bits; a searched policy counts its searched layers (the paper's budget; the first conv and the classifier, "
         f"kept at {ft.fixed_bits} bits, are in `bops_total_g` of transfer.csv).",
         f"Search: {searched} per data set; finetune: "

@@ -40,7 +40,8 @@ from gmpq_ray.search.job import Job, parse_job
 # Labels become folder names and part of each pair's job name.
 MAX_LABEL_LENGTH = 60
 # Set per pair by the ablation, so a job may not set them under target.finetune.
-_PAIR_FIELDS = ("name", "model", "searchspace", "data", "fp_state_dict", "fixed_bits", "cifar_stem", "input_size")
+_PAIR_FIELDS = ("name", "model", "searchspace", "data", "fp_state_dict", "fixed_bits", "cifar_stem", "input_size",
+                "report_split")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gmpq_ray.core.config import (
     MAX_CLASSES,
@@ -72,6 +72,10 @@ class FinetuneJob:
     stop_after_epochs: int | None = None
     seed: int = 0
     export: bool = False
+    # The split final_metrics.json's top1 / top5 are on. Every epoch is evaluated on val
+    # (metrics.csv); with "test", the last epoch is also evaluated on the data set's held-out
+    # test split, where it has one (else val: final_metrics.json's "split" says which).
+    report_split: Literal["val", "test"] = "val"
 
     def validate(self, where: str) -> None:
         require_name(self.name, f"{key_path(where)}name")

@@ -7,6 +7,9 @@ Layout (each file written atomically):
 * ``metrics.csv``: one row an epoch (train loss and top-1, validation loss, top-1, top-5, lr);
 * ``final_metrics.json``: top-1, top-5 and the policy's BOPs (searched layers and total, as
   :meth:`~gmpq_ray.core.cost.bops.CostModel.policy_bops` and ``gmpq bops --policy`` count them);
+  ``top1`` / ``top5`` are on ``split``: the last epoch's validation split, or with the job's
+  ``report_split: test`` its held-out test split where the data set has one (``val_top1`` /
+  ``val_top5`` keep the validation numbers);
 * ``model.pt``: the finetuned deployment model's state dict (load it into
   ``apply_policy(create_model(...), policy)``).
 * with ``export: true`` in the job, ``model.onnx`` and ``export_check.json``: the finetuned model
@@ -64,6 +67,7 @@ def load_state(folder: str | Path, device: torch.device | str = "cpu") -> dict[s
 class FinetuneResult:
     """What :func:`finetune` produced. ``finished`` is False when the run stopped early
     (``stop_after_epochs``); then ``final_metrics.json`` and ``model.pt`` are not written yet.
+    ``top1`` / ``top5``: the last epoch's, on the split ``final_metrics.json`` names.
     ``export`` holds the ONNX export's result when the job says ``export: true``."""
 
     output_dir: Path
@@ -127,9 +131,13 @@ def write_outputs(out: Path, job: FinetuneJob, bops: tuple[int, int], log: Calla
     write_text_atomic(out / METRICS_FILE, history.to_csv(index=False))
     last = state["history"][-1]
     finished = state["epoch"] >= job.epochs
+    # The reported split: the held-out test split where the job asks for it and the last epoch evaluated it.
+    split = "test" if pd.notna(last.get("test_top1", float("nan"))) else "val"
+    top1, top5 = (last["test_top1"], last["test_top5"]) if split == "test" else (last["top1"], last["top5"])
     if finished:
         final = {
-            "name": job.name, "model": job.model, "epochs": state["epoch"], "top1": last["top1"], "top5": last["top5"],
+            "name": job.name, "model": job.model, "epochs": state["epoch"], "top1": top1, "top5": top5, "split": split,
+            "val_top1": last["top1"], "val_top5": last["top5"],
             "val_loss": last["val_loss"], "bops_searched": bops[0], "bops_total": bops[1],
             "bops_searched_g": bops[0] / 1e9, "bops_total_g": bops[1] / 1e9,
             "input_size": job.deployment_input_size(), "workers": last["workers"], "policy": str(out / POLICY_FILE),
@@ -140,9 +148,9 @@ def write_outputs(out: Path, job: FinetuneJob, bops: tuple[int, int], log: Calla
         write_text_atomic(out / FINAL_FILE, json.dumps(final, indent=2) + "\n")
         log(f"\n== finetune {job.name}: {state['epoch']} epoch(s), {seconds:.0f} s ==\n"
             f"{history.to_string(index=False, float_format=lambda v: f'{v:.4g}')}\n\n"
-            f"top-1 {last['top1']:.4f}, top-5 {last['top5']:.4f}, BOPs {format_bops(bops[0])} searched layers, "
+            f"top-1 {top1:.4f}, top-5 {top5:.4f} on the {split} split, BOPs {format_bops(bops[0])} searched layers, "
             f"{format_bops(bops[1])} total\nresults written to {out}")
     else:
         log(f"finetune {job.name} stopped after epoch {state['epoch']} of {job.epochs} (stop_after_epochs); "
             f"run it again with --resume to continue from {checkpoint}")
-    return FinetuneResult(out, finished, history, last["top1"], last["top5"], bops[0], bops[1], seconds)
+    return FinetuneResult(out, finished, history, top1, top5, bops[0], bops[1], seconds)

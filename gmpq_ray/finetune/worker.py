@@ -1,7 +1,8 @@
 """The training function every Ray Train worker of a finetune runs (DDP, one shard of the data each).
 
 Each epoch a worker trains on its shard (gradients all-reduced by DDP), evaluates top-1 and
-top-5 on its share of the validation split (the counts are summed over workers), and reports
+top-5 on its share of the validation split (the counts are summed over workers; with the job's
+``report_split: test``, the last epoch on the held-out test split too), and reports
 the metrics; rank 0 adds a checkpoint (``state.pt``: the model, the optimizer, the epoch and
 the metrics so far) named ``epoch_NNNN``. A run started again with the same Ray Train run name
 and storage resumes from the latest one (:func:`ray.train.get_checkpoint`).
@@ -127,6 +128,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         samples = max(float(train_sums[2]), 1.0)
         metrics = {"epoch": epoch, "lr": lr, "train_loss": float(train_sums[0]) / samples,
                    "train_top1": float(train_sums[1]) / samples, **val, "epoch_seconds": train.seconds, "workers": world}
+        if epoch == job.epochs and job.report_split == "test" and data.has_test:
+            # The reported number: the last epoch on the held-out split, which no epoch was evaluated on.
+            test_loader = eval_shard_loader(data.test, max(per_worker_batch(job.data.batch_size, world), 64), rank, world,
+                                            job.data.num_workers)
+            test = topk_metrics(_all_reduce(topk_sums(model, test_loader, loss, device)))
+            metrics.update(test_loss=test["val_loss"], test_top1=test["top1"], test_top5=test["top5"])
         history.append(metrics)
         _report(epoch, metrics, history, model, optimizer, rank, job)
         if job.stop_after_epochs is not None and epoch >= job.stop_after_epochs:

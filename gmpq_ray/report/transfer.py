@@ -28,11 +28,14 @@ def _top1(value: float) -> str:
 
 def transfer_markdown(table: pd.DataFrame, title: str, notes: list[str] = ()) -> str:
     """Table 1 of the appendix from ``transfer.csv``'s rows: one line an architecture, the FP
-    top-1 and BOPs, then the top-1 (%) and BOPs (G) of the policy searched on each data set."""
+    top-1 and BOPs, then the top-1 (%) and BOPs (G) of the policy searched on each data set.
+    With a ``split`` column (the split the top-1 is on), the top-1 headers name it, e.g. "top-1 (test)"."""
     datasets = [d for d in dict.fromkeys(table.search_dataset) if d != FULL_PRECISION]
-    header = ["Architecture", "Full-precision top-1", "BOPs (G)"]
+    splits = sorted({s for s in table.split if isinstance(s, str) and s}) if "split" in table else []
+    top1 = f"top-1 ({' / '.join(splits)})" if splits else "top-1"
+    header = ["Architecture", f"Full-precision {top1}", "BOPs (G)"]
     for dataset in datasets:
-        header += [f"{dataset} top-1", "BOPs (G)"]
+        header += [f"{dataset} {top1}", "BOPs (G)"]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for architecture, rows in table.groupby("architecture", sort=False):
         by_dataset = rows.set_index("search_dataset")

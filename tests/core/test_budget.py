@@ -23,11 +23,33 @@ def test_multiplier_rises_over_the_limit_falls_under_the_band_and_holds_inside()
     term(torch.tensor(100.0), torch.tensor(130.0))
     assert float(term.multiplier) == pytest.approx(0.5 * 1.1 + 0.5)  # two steps up while over, the second harder
     term(torch.tensor(100.0), torch.tensor(95.0))
-    assert float(term.multiplier) == 0.0  # inside the band: no push
+    # Inside the band the ramped push is dropped: what is left is proportional to the height in the band.
+    assert float(term.multiplier) == pytest.approx(0.5 * 0.5)
     term(torch.tensor(100.0), torch.tensor(50.0))
     # Under the band, on the other side than the last excursion: the step halves, the push is upwards.
     assert float(term.multiplier) == pytest.approx(-0.25)
     assert float(term.step) == pytest.approx(0.25)
+
+
+def test_inside_the_band_a_small_push_grows_towards_the_limit_and_never_builds_up():
+    """At the band's bottom no push, at its top the current step: the drift towards more bits
+    that carried the argmax over the limit in the last epoch is resisted, and holding there
+    does not accumulate (mu stays at the step, it does not ramp)."""
+    term = BudgetMultiplier(100.0, initial=0.0, step=0.4, low=0.9)
+    pushes = []
+    for argmax in (90.0, 93.0, 96.0, 99.0, 100.0):
+        term(torch.tensor(100.0), torch.tensor(argmax))
+        pushes.append(float(term.multiplier))
+    assert pushes == pytest.approx([0.0, 0.12, 0.24, 0.36, 0.4], abs=1e-6)
+    for _ in range(50):
+        term(torch.tensor(100.0), torch.tensor(99.0))
+    assert float(term.multiplier) == pytest.approx(0.36, abs=1e-6) and float(term.step) == pytest.approx(0.4)
+    # Over the limit from there: the ramp continues from the in-band push, not from zero.
+    term(torch.tensor(100.0), torch.tensor(104.0))
+    assert float(term.multiplier) == pytest.approx(0.36 * 1.1 + 0.4, abs=1e-6)
+    # Back inside after the excursion: the ramp is dropped (no windup carried into the band).
+    term(torch.tensor(100.0), torch.tensor(91.0))
+    assert float(term.multiplier) == pytest.approx(0.04, abs=1e-6)
 
 
 def test_multiplier_gradient_pushes_expected_bops_towards_the_band():

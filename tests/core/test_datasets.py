@@ -127,3 +127,58 @@ def test_shards_split_training_and_cover_evaluation_exactly_once():
     assert [torch.cat([y for _, y in shard]).tolist() for shard in shards] != seen  # reshuffled each epoch
     evaluation = [torch.cat([y for _, y in eval_shard_loader(dataset, 4, r, 3)]).tolist() for r in range(3)]
     assert sorted(sum(evaluation, [])) == list(range(10))
+
+
+def _with_test_split(root, classes=CLASSES):
+    """ROOT/test/<class>/*.png: a copy of val/'s images under ``classes``."""
+    import shutil
+
+    for name in classes:
+        source = root / "val" / (name if name in CLASSES else CLASSES[0])
+        shutil.copytree(source, root / "test" / name)
+    return root
+
+
+def test_image_folder_test_split_is_held_out_where_root_has_one(tmp_path):
+    root = make_image_folder(tmp_path / "plain", train_per_class=2, val_per_class=1, size=16)
+    data = parse(DataConfig, {"name": "imagefolder", "root": str(root), "image_size": 16}, "data")
+    bundle = data.load()
+    assert not data.has_test and not bundle.has_test and bundle.test is None
+    assert bundle.eval_loader("test", 4).dataset is bundle.val  # no test/: reports fall back to val
+    with pytest.raises(UserInputError, match="has no held-out test split"):
+        build_split("imagefolder", root, "test")
+    _with_test_split(root)
+    bundle = data.load()
+    assert data.has_test and bundle.has_test and len(bundle.test) == len(CLASSES)
+    assert bundle.eval_loader("test", 4).dataset is bundle.test
+    assert bundle.test.root == str(root / "test") and bundle.test.classes == list(CLASSES)
+    # The eval transform: deterministic, the requested size.
+    image, _ = bundle.test[0]
+    assert image.shape == (3, 16, 16) and torch.equal(image, bundle.test[0][0])
+    assert build_split("imagefolder", root, "val").root == str(root / "val")
+    assert num_classes_of("imagefolder", root) == len(CLASSES)
+
+
+def test_a_test_split_with_other_classes_names_its_path(tmp_path):
+    root = _with_test_split(make_image_folder(tmp_path, train_per_class=2, val_per_class=1, size=16),
+                            classes=(*CLASSES[:2], "triangle"))
+    for call in (lambda: build_split("imagefolder", root, True), lambda: num_classes_of("imagefolder", root)):
+        with pytest.raises(UserInputError, match="different class folders than train/") as raised:
+            call()
+        assert (f"the test split {root / 'test'} has different class folders than train/ (e.g. ['stripes', 'triangle'])"
+                in str(raised.value))
+
+
+def test_which_of_its_own_splits_each_data_set_uses():
+    """Without the data (never downloaded here): train / val / test map onto the data set's own splits."""
+    from gmpq_ray.core.data.datasets import has_test_split
+
+    assert DATASETS["flowers102"].build.splits == {"train": "train", "val": "val", "test": "test"}
+    assert DATASETS["fgvc_aircraft"].build.splits == {"train": "train", "val": "val", "test": "test"}  # no longer trainval
+    for name in ("stanford_cars", "food101"):
+        assert DATASETS[name].build.splits == {"train": "train", "val": "test", "test": None}
+    assert DATASETS["oxford_pets"].build.splits == {"train": "trainval", "val": "test", "test": None}
+    assert {name for name in DATASETS if has_test_split(name, "/absent")} == {"flowers102", "fgvc_aircraft"}
+    assert parse(DataConfig, {"name": "flowers102", "root": "/absent"}, "data").has_test
+    assert not parse(DataConfig, {"name": "cifar10", "root": "/absent"}, "data").has_test
+    assert parse(DataConfig, {"name": "digits"}, "data").has_test

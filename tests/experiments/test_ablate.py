@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +41,8 @@ def test_reduced_quickstart_writes_the_table_and_figures(tmp_path, ray_local):
     # The searched columns, then the baselines they are read against (same limit, same finetune).
     assert list(table.search_dataset) == [FULL_PRECISION, "digits 5-9", "digits 30%", "best uniform", "random feasible"]
     assert (table.error == "").all() and table.top1.between(0, 1).all()
+    # Every top-1 is on the digits' held-out test split: the searches selected on val, the finetunes ran fixed epochs.
+    assert (table.split == "test").all()
     saved = pd.read_csv(out / "transfer.csv", keep_default_na=False)
     assert list(saved.search_dataset) == list(table.search_dataset)
     cost = CostModel.for_model("digits_cnn", 16, 10, 1)
@@ -52,9 +56,16 @@ def test_reduced_quickstart_writes_the_table_and_figures(tmp_path, ray_local):
         assert (row.bops_searched_g * 1e9, row.bops_total_g * 1e9) == pytest.approx(cost.policy_bops(policy))
         assert row.bops_searched_g <= 0.033 + 1e-12
         assert (folder / "finetune" / "final_metrics.json").is_file() and (folder / "finetune" / "model.pt").is_file()
+        final = json.loads((folder / "finetune" / "final_metrics.json").read_text())
+        assert final["split"] == "test" and final["top1"] == pytest.approx(row.top1) and 0 <= final["val_top1"] <= 1
+        epochs = pd.read_csv(folder / "finetune" / "metrics.csv")
+        assert epochs.top1.iloc[-1] == pytest.approx(final["val_top1"])  # every epoch on val, the last one on test too
     markdown = (out / "transfer.md").read_text()
-    assert ("| Architecture | Full-precision top-1 | BOPs (G) | digits 5-9 top-1 | BOPs (G) | digits 30% top-1 | BOPs (G) | "
-            "best uniform top-1 | BOPs (G) | random feasible top-1 | BOPs (G) |") in markdown
+    assert ("| Architecture | Full-precision top-1 (test) | BOPs (G) | digits 5-9 top-1 (test) | BOPs (G) | "
+            "digits 30% top-1 (test) | BOPs (G) | best uniform top-1 (test) | BOPs (G) | random feasible top-1 (test) | "
+            "BOPs (G) |") in markdown
+    assert "Top-1 in % on the target's held-out test split (no search or finetune selected on it)." in markdown
+    assert json.loads((out / "digits_cnn" / "fp_metrics.json").read_text())["split"] == "test"
     assert markdown.count("| digits CNN |") == 1
     assert (out / "bits_digits_cnn.png").read_bytes()[:8] == PNG
     assert (out / "digits_cnn" / "fp_target.pt").is_file()
@@ -80,6 +91,23 @@ def test_markdown_table_matches_the_appendix_layout(tmp_path):
     ]
     markdown = transfer_markdown(pd.DataFrame(rows), "t")
     assert "| ResNet18 | 69.7 | 1853.4 | 69.9 | 15.3 | - | - |" in markdown
+    assert "| Architecture | Full-precision top-1 | BOPs (G) | CIFAR-10 top-1 | BOPs (G) |" in markdown
+    # With the split each top-1 is on (transfer.csv's column), the headers name it.
+    with_split = pd.DataFrame([{**row, "split": "val" if row["top1"] else ""} for row in rows])
+    assert "| Architecture | Full-precision top-1 (val) | BOPs (G) | CIFAR-10 top-1 (val) | BOPs (G) | Cars top-1 (val) |" \
+        in transfer_markdown(with_split, "t")
+
+
+def test_the_reported_split_follows_the_target(tmp_path):
+    """The notes of transfer.md name the split: test where the target holds one out, else val."""
+    from gmpq_ray.experiments.ablate import _notes
+    from gmpq_ray.experiments.ablate_job import load_ablation_job
+
+    job = load_ablation_job(write_ablation_job(tmp_path))
+    assert job.config.target.data.has_test
+    assert _notes(job, 60)[0].startswith("Top-1 in % on the target's held-out test split")
+    job.config.target.data = dataclasses.replace(job.config.target.data, name="cifar10", root=str(tmp_path))
+    assert _notes(job, 60)[0].startswith("Top-1 in % on the target's validation split (it holds no test split out)")
 
 
 def test_bits_figure_has_a_series_per_data_set(tmp_path):

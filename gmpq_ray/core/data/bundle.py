@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 if TYPE_CHECKING:
     import numpy as np
 from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, require, require_seed, short_repr
-from gmpq_ray.core.data.datasets import DATASETS, build_split, num_classes_of
+from gmpq_ray.core.data.datasets import DATASETS, build_split, has_test_split, num_classes_of
 from gmpq_ray.core.errors import UserInputError
 
 
@@ -200,8 +200,12 @@ class DataConfig:
     ``image_size`` defaults to the data set's usual resolution (digits 16, CIFAR 32, others 224).
     ``classes`` keeps some digits only; ``train_fraction`` keeps a fixed random share of the
     training split (of any data set), e.g. to make a small data set out of a large one. The
-    digits hold out ``test_fraction`` (and the synthetic set ``num_test`` images) as a test split;
-    image data sets have train and val only here (their ``val`` is the data set's own eval split).
+    digits hold out ``test_fraction`` (and the synthetic set ``num_test`` images) as a test split.
+    Image data sets have a test split where they hold one out (:func:`~gmpq_ray.core.data.datasets.has_test_split`):
+    Flowers-102 and Aircraft (their own val and test splits), an ImageFolder tree with a
+    ``ROOT/test/``; the others (CIFAR-10, Cars, Pets, Food) have train and val only, their
+    ``val`` being the data set's official test split, kept so as not to change the numbers
+    measured on them (see the module doc of :mod:`gmpq_ray.core.data.datasets`).
     """
 
     name: DataName = "digits"
@@ -271,6 +275,11 @@ class DataConfig:
         if self.root is not None:
             self.root = str((Path(base) / Path(self.root).expanduser()).resolve())
 
+    @property
+    def has_test(self) -> bool:
+        """Whether :meth:`load` gives a held-out test split (reads no image), as :attr:`DataBundle.has_test`."""
+        return self.name in IN_MEMORY or has_test_split(self.name, self.root)
+
     def load(self) -> DataBundle:
         """Build the data set (offline unless ``download: true``).
 
@@ -291,6 +300,7 @@ class DataConfig:
                 in_channels=3,
                 image_size=size,
                 num_workers=self.num_workers,
+                test=build_split(self.name, self.root, "test", size, self.download) if self.has_test else None,
             )
         if self.train_fraction < 1:
             total = len(bundle.train)
