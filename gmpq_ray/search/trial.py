@@ -31,7 +31,7 @@ from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
 from gmpq_ray.core.quant.convert import argmax_policy, pinned_policy, supernet_layers, to_supernet
-from gmpq_ray.core.quant.quantizers import compile_requested_by_environment, compiler_available, use_compiled_kernels
+from gmpq_ray.core.quant.kernels_compiled import compile_requested_by_environment, compiler_available, use_compiled_kernels
 from gmpq_ray.core.train.evaluation import evaluate_with_arc
 from gmpq_ray.core.train.loop import NonFiniteLossError, run_epoch
 from gmpq_ray.search.job import Job

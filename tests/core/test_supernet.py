@@ -27,8 +27,8 @@ from gmpq_ray.core.quant.convert import (
     supernet_layers,
     to_supernet,
 )
+from gmpq_ray.core.quant.functions import quantize_weight
 from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
-from gmpq_ray.core.quant.quantizers import quantize_weight
 from gmpq_ray.core.train.loop import run_epoch
 
 DIGITS_SEARCHED = [f"features.{i}.conv" for i in range(1, 7)]

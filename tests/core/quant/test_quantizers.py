@@ -7,15 +7,9 @@ import math
 import pytest
 import torch
 
-from gmpq_ray.core.quant.quantizers import (
-    ActivationQuantizer,
-    _MixedActivationQuant,
-    mix_weights,
-    quantize_weight,
-    signed_levels,
-    unsigned_levels,
-    weight_scale,
-)
+from gmpq_ray.core.quant.activation import ActivationQuantizer
+from gmpq_ray.core.quant.functions import _MixedActivationQuant, mix_weights, quantize_weight
+from gmpq_ray.core.quant.grid import signed_levels, unsigned_levels, weight_scale
 
 BITS = range(2, 9)
 

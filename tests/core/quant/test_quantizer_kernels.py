@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gmpq_ray.core.quant import quantizers
+from gmpq_ray.core.quant import kernels_compiled
 from gmpq_ray.search.job import load_job
 from gmpq_ray.search.trial import AUTO_COMPILE_MIN_PIXELS, choose_quantizer_kernels, training_pixels
 from tests.conftest import write_job
@@ -15,7 +15,7 @@ from tests.conftest import write_job
 def eager_afterwards(monkeypatch):
     monkeypatch.delenv("GMPQ_COMPILE_QUANTIZERS", raising=False)
     yield
-    quantizers.use_compiled_kernels(False)
+    kernels_compiled.use_compiled_kernels(False)
 
 
 def job_with(tmp_path, kernels):
@@ -29,7 +29,7 @@ def job_with(tmp_path, kernels):
 ])
 def test_the_job_chooses(tmp_path, kernels, pixels, expected):
     assert choose_quantizer_kernels(job_with(tmp_path, kernels), pixels, torch.device("cpu")) is expected
-    assert quantizers.compiled_kernels_enabled() is expected
+    assert kernels_compiled.compiled_kernels_enabled() is expected
 
 
 def test_real_searches_compile_and_the_quick_starts_do_not():

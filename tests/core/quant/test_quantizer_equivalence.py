@@ -14,16 +14,10 @@ import os
 import pytest
 import torch
 
-from gmpq_ray.core.quant import quantizers
-from gmpq_ray.core.quant.quantizers import (
-    ActivationQuantizer,
-    _MixedActivationQuant,
-    mix_weights,
-    quantize_weight,
-    signed_levels,
-    unsigned_levels,
-    weight_scale,
-)
+from gmpq_ray.core.quant import grid, kernels_blocked, kernels_compiled
+from gmpq_ray.core.quant.activation import ActivationQuantizer
+from gmpq_ray.core.quant.functions import _MixedActivationQuant, mix_weights, quantize_weight
+from gmpq_ray.core.quant.grid import signed_levels, unsigned_levels, weight_scale
 
 PATHS = ["blocked", "whole"]
 
@@ -32,9 +26,9 @@ PATHS = ["blocked", "whole"]
 def path(request, monkeypatch):
     """Run the quantizers through the blocked CPU kernels (blocks of 64 elements per thread,
     so every tensor spans several) or through the whole-tensor kernels."""
-    monkeypatch.setattr(quantizers, "CPU_BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(kernels_blocked, "CPU_BLOCK_ELEMENTS", 64)
     if request.param == "whole":
-        monkeypatch.setattr(quantizers, "_blocked_cpu", lambda *tensors: False)
+        monkeypatch.setattr(kernels_blocked, "applies", lambda *tensors: False)
     return request.param
 
 
@@ -176,9 +170,9 @@ def test_blocked_and_whole_activation_kernels_agree(monkeypatch):
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
     results = []
     for blocked in (True, False):
-        monkeypatch.setattr(quantizers, "CPU_BLOCK_ELEMENTS", 256)
+        monkeypatch.setattr(kernels_blocked, "CPU_BLOCK_ELEMENTS", 256)
         if not blocked:
-            monkeypatch.setattr(quantizers, "_blocked_cpu", lambda *tensors: False)
+            monkeypatch.setattr(kernels_blocked, "applies", lambda *tensors: False)
         x1 = x.clone().requires_grad_()
         clip = torch.tensor(1.3, requires_grad=True)
         p = probs.clone().requires_grad_()
@@ -254,7 +248,7 @@ def test_weight_scale_matches_std_and_max_abs():
     w = weights(shape=(16, 64, 3, 3)) + 0.01
     flat = w.flatten(1)
     for bits in (2, 3, 4, 6, 8):
-        clip = torch.minimum(flat.abs().amax(1), quantizers._GAUSSIAN_CLIP[bits] * flat.std(1))
+        clip = torch.minimum(flat.abs().amax(1), grid._GAUSSIAN_CLIP[bits] * flat.std(1))
         assert torch.allclose(weight_scale(w, bits), clip / signed_levels(bits), rtol=1e-6)
     assert torch.equal(weight_scale(w, 12), flat.abs().amax(1) / signed_levels(12))
 
@@ -304,9 +298,9 @@ def test_blocked_and_whole_weight_kernels_agree(monkeypatch):
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
     results = []
     for blocked in (True, False):
-        monkeypatch.setattr(quantizers, "CPU_BLOCK_ELEMENTS", 256)
+        monkeypatch.setattr(kernels_blocked, "CPU_BLOCK_ELEMENTS", 256)
         if not blocked:
-            monkeypatch.setattr(quantizers, "_blocked_cpu", lambda *tensors: False)
+            monkeypatch.setattr(kernels_blocked, "applies", lambda *tensors: False)
         w1 = w.clone().requires_grad_()
         p = probs.clone().requires_grad_()
         out = mix_weights(w1, (2, 3, 4, 6), p)
@@ -361,12 +355,12 @@ def test_compiled_kernels_match_the_eager_ones(monkeypatch):
         return [out.detach(), x1.grad, clip.grad, p.grad, out_w.detach(), w1.grad, pw.grad, single.detach(), w2.grad]
 
     eager = step()
-    monkeypatch.setattr(quantizers, "_compiled", {})
-    quantizers.use_compiled_kernels()
+    monkeypatch.setattr(kernels_compiled, "_compiled", {})
+    kernels_compiled.use_compiled_kernels()
     try:
         compiled = step()
     finally:
-        quantizers.use_compiled_kernels(False)
+        kernels_compiled.use_compiled_kernels(False)
     assert torch.equal(compiled[7], eager[7]) and torch.equal(compiled[8], eager[8])  # one bitwidth: exact
     for first, second in zip(eager, compiled):
         assert torch.allclose(first, second, rtol=1e-5, atol=1e-6)
@@ -391,10 +385,10 @@ def test_a_failing_compiled_kernel_falls_back_to_the_eager_ones(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no working C++ compiler")
 
-    monkeypatch.setattr(quantizers, "_compiled", dict.fromkeys(quantizers._KERNELS, broken))
-    assert quantizers.compiled_kernels_enabled()
+    monkeypatch.setattr(kernels_compiled, "_compiled", dict.fromkeys(kernels_compiled._KERNELS, broken))
+    assert kernels_compiled.compiled_kernels_enabled()
     with pytest.warns(RuntimeWarning, match="compiled quantizer kernels failed .*no working C\\+\\+ compiler"):
         fallback = step()
-    assert not quantizers.compiled_kernels_enabled()
+    assert not kernels_compiled.compiled_kernels_enabled()
     for first, second in zip(eager, fallback):
         assert torch.equal(first, second)
