@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import pytest
 import torch
 
-from gmpq_ray.core.quant import grid, kernels_blocked, kernels_compiled
+from gmpq_ray.core.quant import backends, grid, kernels_blocked, kernels_compiled
 from gmpq_ray.core.quant.activation import ActivationQuantizer
 from gmpq_ray.core.quant.functions import _MixedActivationQuant, mix_weights, quantize_weight
 from gmpq_ray.core.quant.grid import signed_levels, unsigned_levels, weight_scale
@@ -329,38 +330,66 @@ def test_weight_quantizer_keeps_no_branch_copies_for_backward():
 # --- the opt-in compiled kernels ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not os.environ.get("GMPQ_TEST_COMPILE"), reason="compiles with torch.compile (about a minute); set GMPQ_TEST_COMPILE=1"
-)
-def test_compiled_kernels_match_the_eager_ones(monkeypatch):
-    x = activations(False, seed=10, shape=(4, 8, 9, 9))
+def compiled_and_eager(monkeypatch, x_shape, w_shape, bits, single_bits=None):
+    """Values and gradients of one activation mixture and one weight mixture (and, with
+    ``single_bits``, one single-bitwidth weight), from the eager kernels, then from the compiled
+    ones (compiled afresh in this process; the test fails if they fell back to eager)."""
+    x = activations(False, seed=10, shape=x_shape)
     grad = torch.randn(x.shape, generator=generator(11))
-    w = weights(12, (24, 8, 3, 3))
+    w = weights(12, w_shape)
     grad_w = torch.randn(w.shape, generator=generator(13))
-    tops = levels_of((2, 3, 4, 6), False)
+    tops = levels_of(bits, False)
+    probs = torch.linspace(1.0, 2.0, len(bits))
+    probs = probs / probs.sum()
 
     def step():
         x1 = x.clone().requires_grad_()
         clip = torch.tensor(1.3, requires_grad=True)
-        p = torch.tensor([0.1, 0.2, 0.3, 0.4], requires_grad=True)
+        p = probs.clone().requires_grad_()
         out = _MixedActivationQuant.apply(x1, clip, p, tops, False, 0.5)
         out.backward(grad)
         w1 = w.clone().requires_grad_()
-        pw = torch.tensor([0.4, 0.3, 0.2, 0.1], requires_grad=True)
-        out_w = mix_weights(w1, (2, 3, 4, 6), pw)
+        pw = probs.flip(0).clone().requires_grad_()
+        out_w = mix_weights(w1, bits, pw)
         out_w.backward(grad_w)
-        w2 = w.clone().requires_grad_()
-        single = quantize_weight(w2, 4)
-        single.backward(grad_w)
-        return [out.detach(), x1.grad, clip.grad, p.grad, out_w.detach(), w1.grad, pw.grad, single.detach(), w2.grad]
+        values = [out.detach(), x1.grad, clip.grad, p.grad, out_w.detach(), w1.grad, pw.grad]
+        if single_bits is not None:
+            w2 = w.clone().requires_grad_()
+            single = quantize_weight(w2, single_bits)
+            single.backward(grad_w)
+            values += [single.detach(), w2.grad]
+        return values
 
     eager = step()
     monkeypatch.setattr(kernels_compiled, "_compiled", {})
+    monkeypatch.setattr(kernels_compiled, "_compiled_once", {})
     kernels_compiled.use_compiled_kernels()
     try:
-        compiled = step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a failed compile would fall back silently
+            compiled = step()
+        assert kernels_compiled.compiled_kernels_enabled()
     finally:
         kernels_compiled.use_compiled_kernels(False)
+    return eager, compiled
+
+
+@pytest.mark.skipif(not kernels_compiled.compiler_available("cpu"), reason="no C++ compiler for torch.compile")
+def test_compiled_kernels_match_the_eager_ones_at_a_small_shape(monkeypatch):
+    """The four compiled kernels (activation and weight, forward and backward), each compiled
+    once: about 25 s of CPU time with a cold inductor cache (15 s warm), the price of running
+    them in CI."""
+    assert [b.name for b in backends.BACKENDS] == ["compiled", "blocked", "whole"]
+    eager, compiled = compiled_and_eager(monkeypatch, (2, 3, 4, 4), (4, 3, 3, 3), (2, 4))
+    for first, second in zip(eager, compiled):
+        assert torch.allclose(first, second, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("GMPQ_TEST_COMPILE"), reason="compiles with torch.compile (about a minute); set GMPQ_TEST_COMPILE=1"
+)
+def test_compiled_kernels_match_the_eager_ones(monkeypatch):
+    eager, compiled = compiled_and_eager(monkeypatch, (4, 8, 9, 9), (24, 8, 3, 3), (2, 3, 4, 6), single_bits=4)
     assert torch.equal(compiled[7], eager[7]) and torch.equal(compiled[8], eager[8])  # one bitwidth: exact
     for first, second in zip(eager, compiled):
         assert torch.allclose(first, second, rtol=1e-5, atol=1e-6)
