@@ -125,8 +125,7 @@ def derive_policy(supernet: torch.nn.Module, job: Job, fill: bool | None = None)
         fill=job.search.fill_budget if fill is None else fill,
     )
     for policy in (argmax, repaired):
-        searched, total = cost.policy_bops(policy, space.fixed)
-        policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+        policy.bops = cost.policy_bops(policy, space.fixed).to_dict(space.bops_limit)
     return argmax, repaired
 
 
