@@ -11,7 +11,7 @@ from gmpq_ray.core.cost.searchspace import SearchSpace, parse_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits
 
-SEARCHSPACES = sorted((Path(__file__).resolve().parents[2] / "searchspaces").glob("*.yaml"))
+SEARCHSPACES = sorted((Path(__file__).resolve().parents[3] / "searchspaces").glob("*.yaml"))
 
 DIGITS = {
     "model": "digits_cnn", "input_size": 16, "num_classes": 10, "in_channels": 1,
@@ -126,3 +126,7 @@ def test_parse_bops(value, expected):
 def test_parse_bops_rejects(value):
     with pytest.raises(UserInputError, match="^limit"):
         parse_bops(value, "limit")
+
+
+def test_the_shipped_search_spaces_are_all_checked():
+    assert {p.stem for p in SEARCHSPACES} >= {"digits_cnn", "resnet18", "resnet50", "mobilenet_v2"}
