@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from gmpq_ray.core.cost.repair import policy_searched_bops, repair_policy
+from gmpq_ray.core.cost.bops import searched_bops
+from gmpq_ray.core.cost.repair import repair_policy
 from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.proxy import PROXIES, calibrated_probe_model, score_layers
@@ -42,12 +43,12 @@ REPO = Path(__file__).resolve().parents[1]
 def random_policies(space, count: int, seed: int, spread: bool) -> list[Policy]:
     cost = space.cost_model()
     rng = random.Random(seed)
-    floor = space.smallest_bops()
-    top = policy_searched_bops({n: LayerBits(3, 3) for n in cost.searched}, cost.macs)
+    floor = space.floor_bops()
+    top = searched_bops({n: LayerBits(3, 3) for n in cost.searched}, cost.macs)
     policies = []
     for _ in range(count):
         proposal = Policy(space.model, {n: LayerBits(rng.choice(space.w_bits), rng.choice(space.a_bits)) for n in cost.searched},
-                          {n: space.fixed for n in cost.fixed}, space.input_size)
+                          {n: space.fixed for n in cost.fixed_layers}, space.input_size)
         limit = rng.uniform(floor, top) if spread else space.bops_limit
         policies.append(repair_policy(proposal, cost.macs, limit, space.w_bits, space.a_bits))
     return policies
@@ -92,7 +93,7 @@ def main() -> None:
         for policy in policies:
             accs = [evaluate_policy(teacher, space.model, policy, data, qat, seed, "cpu", space.fixed).accuracy for seed in range(args.seeds)]
             accuracy.append(statistics.fmean(accs))
-            bops.append(policy_searched_bops(policy.layers, cost.macs))
+            bops.append(searched_bops(policy.layers, cost.macs))
         print(f"\n== {len(policies)} random feasible policies, {label}: BOPs {min(bops) / 1e6:.1f}-{max(bops) / 1e6:.1f} M, "
               f"accuracy after {args.epochs} QAT epochs x {args.seeds} seed(s) {min(accuracy):.4f}-{max(accuracy):.4f} "
               f"(mean {statistics.fmean(accuracy):.4f}) ==")

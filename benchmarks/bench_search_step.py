@@ -17,7 +17,7 @@ on CUDA the peak allocated memory. Example:
 
 ``--kernels eager compiled`` (the default where ``torch.compile`` has a toolchain) times (b) to
 (e) once with the eager quantizer kernels and once with the ``torch.compile``d ones (see
-``gmpq_ray.core.quant.quantizers.use_compiled_kernels``, and ``search.quantizer_kernels`` of a job),
+``gmpq_ray.core.quant.kernels_compiled.use_compiled_kernels``, and ``search.quantizer_kernels`` of a job),
 in the same run; they compile during the warmup steps.
 """
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from gmpq_ray.core import CostModel, GMPQObjective, calibrate, create_model, make_synthetic, to_supernet
 from gmpq_ray.core.policy import LayerBits
-from gmpq_ray.core.quant.quantizers import compiler_available, use_compiled_kernels
+from gmpq_ray.core.quant.kernels_compiled import compiler_available, use_compiled_kernels
 from gmpq_ray.core.train.teacher import teacher_dtype
 
 

@@ -46,7 +46,7 @@ from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import LayerBits
 from gmpq_ray.core.quant.calibration import calibrate
 from gmpq_ray.core.quant.convert import apply_policy, argmax_policy, supernet_layers, to_supernet
-from gmpq_ray.core.quant.quantizers import compiler_available, use_compiled_kernels
+from gmpq_ray.core.quant.kernels_compiled import compiler_available, use_compiled_kernels
 from gmpq_ray.core.train.finetuning import QATLoss
 
 TARGET_TIME, FLOOR_TIME, TARGET_MEMORY = 1.5, 2.0, 2.0

@@ -41,7 +41,7 @@ def mixed_policy(num_classes: int = len(CLASSES), in_channels: int = 3) -> Polic
     """A non-uniform policy of the digits CNN (2 to 4 bits)."""
     cost = CostModel.for_model("digits_cnn", IMAGE_SIZE, num_classes, in_channels)
     bits = [LayerBits(2, 3), LayerBits(3, 2), LayerBits(4, 4), LayerBits(2, 2), LayerBits(3, 4), LayerBits(2, 3)]
-    return Policy("digits_cnn", dict(zip(cost.searched, bits)), {name: LayerBits(8, 8) for name in cost.fixed}, IMAGE_SIZE)
+    return Policy("digits_cnn", dict(zip(cost.searched, bits)), {name: LayerBits(8, 8) for name in cost.fixed_layers}, IMAGE_SIZE)
 
 
 def write_finetune_job(folder: Path, data_root: Path | str, fp_state: Path | str, **overrides) -> Path:

@@ -371,18 +371,18 @@ def test_a_truncated_png_ends_a_search_in_one_line(tmp_path, capsys):
 
 
 def test_validation_only_checks():
-    """``validate`` changes nothing: the canonical form comes from ``normalize``, once, in ``parse``."""
+    """``validate`` changes nothing: ``SearchSpace.from_dict`` parses the limit and sorts the bits, once."""
     import dataclasses
 
-    from gmpq_ray.core.config import parse
     from gmpq_ray.core.cost.searchspace import SearchSpace
 
-    space = parse(SearchSpace, {**SPACE, "w_bits": [4, 2, 3]}, "space")
+    space = SearchSpace.from_dict({**SPACE, "w_bits": [4, 2, 3]}, "space")
     assert space.w_bits == [2, 3, 4] and space.bops_limit == pytest.approx(33e6)
     before = dataclasses.asdict(space)
-    raw = SearchSpace(**{**SPACE, "w_bits": [4, 2, 3]})
+    raw = SearchSpace(**{**SPACE, "w_bits": [4, 2, 3], "bops_limit": 33e6})
     raw.validate("space")
-    assert raw.w_bits == [4, 2, 3] and raw.bops_limit == "33M"
+    assert raw.w_bits == [4, 2, 3] and raw.bops_limit == 33e6
+    space.validate("space")
     assert dataclasses.asdict(space) == before
 
 

@@ -16,7 +16,7 @@ JOBS = REPO / "jobs"
 def test_search_jobs_load(name):
     job = load_job(JOBS / name)
     assert job.space.model == "digits_cnn" and job.data.name == "digits"
-    assert job.space.smallest_bops() <= job.space.bops_limit
+    assert job.space.floor_bops() <= job.space.bops_limit
 
 
 def test_compare_quickstart_loads():
@@ -34,5 +34,5 @@ def test_method_quality_searches_the_stem_under_a_tight_limit():
     job = load_compare_job(JOBS / "method_quality.yaml")
     space = job.base.space
     assert "features.0.conv" in space.cost_model().searched
-    assert space.smallest_bops() <= space.bops_limit <= 1.05 * space.smallest_bops()
+    assert space.floor_bops() <= space.bops_limit <= 1.05 * space.floor_bops()
     assert job.compare.evaluation.seeds >= 3

@@ -48,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
         if policy.input_size is not None and policy.input_size != args.input_size:
             raise UserInputError(f"{args.policy}: the policy is for input size {policy.input_size}, not --input-size "
                                  f"{args.input_size} (its BOPs depend on it)")
-        policy.validate_layers(cost.searched, cost.fixed)
+        policy.validate_layers(cost.searched, cost.fixed_layers)
         if fixed is not None:
-            policy.fixed_layers = {name: fixed for name in cost.fixed}
+            policy.fixed_layers = {name: fixed for name in cost.fixed_layers}
         label = args.policy
     searched, total = cost.policy_bops(policy)
     print(f"{args.model} at {args.input_size}x{args.input_size}, {label}")
     print(f"  searched layers ({len(cost.searched)}): {format_bops(searched)}")
-    print(f"  fixed layers ({', '.join(cost.fixed)}): {format_bops(total - searched)}")
+    print(f"  fixed layers ({', '.join(cost.fixed_layers)}): {format_bops(total - searched)}")
     print(f"  total: {format_bops(total)}")
     return 0

@@ -22,6 +22,7 @@ from gmpq_ray.core.objective.attribution import (
 from gmpq_ray.core.objective.complexity_term import BudgetMultiplier, ComplexityTerm, ReferenceComplexity, make_complexity
 from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quant.activation import ActivationQuantizer
 from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
 from gmpq_ray.core.quant.convert import (
     apply_policy,
@@ -32,8 +33,8 @@ from gmpq_ray.core.quant.convert import (
     supernet_layers,
     to_supernet,
 )
+from gmpq_ray.core.quant.functions import mix_weights, quantize_weight
 from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
-from gmpq_ray.core.quant.quantizers import ActivationQuantizer, mix_weights, quantize_weight
 from gmpq_ray.core.train.evaluation import Evaluation, evaluate_with_arc
 from gmpq_ray.core.train.finetuning import QATLoss, deployment_model, topk_metrics, topk_sums
 from gmpq_ray.core.train.loop import NonFiniteLossError, evaluate, run_epoch, train_classifier

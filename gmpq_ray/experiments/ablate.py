@@ -35,7 +35,7 @@ from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.errors import NoResultError, UserInputError
 from gmpq_ray.core.models.pretrained import is_weights_name, local_path, read_state_dict
 from gmpq_ray.core.models.registry import create_model
-from gmpq_ray.core.policy import Policy, write_text_atomic
+from gmpq_ray.core.policy import FULL_PRECISION_BITS, Policy, write_text_atomic
 from gmpq_ray.core.train.finetuning import QATLoss, load_fp_weights, topk_metrics, topk_sums
 from gmpq_ray.core.train.loop import train_classifier
 from gmpq_ray.experiments.ablate_job import AblationJob, ArchitectureConfig, Pair, load_ablation_job, slug
@@ -208,10 +208,9 @@ def _fp_row(arch: ArchitectureConfig, pair: Pair, fp_path: Path, folder: Path, l
         write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
     log(f"== {arch.label}: FP top-1 {metrics['top1']:.4f} on the target's {split} split ==")
     cost = _cost_model(pair.finetune)
-    fp_bops = cost.uniform_bops(32, 32)
-    searched = sum(cost.macs[n] for n in cost.searched) * 32 * 32
+    fp_bops = cost.policy_bops(cost.uniform_policy(pair.finetune.model, FULL_PRECISION_BITS, FULL_PRECISION_BITS))
     return {"architecture": arch.label, "search_dataset": FULL_PRECISION, "top1": metrics["top1"], "top5": metrics["top5"],
-            "split": split, "bops_searched_g": searched / 1e9, "bops_total_g": fp_bops / 1e9, "policy": "32/32", "error": ""}
+            "split": split, "bops_searched_g": fp_bops.searched / 1e9, "bops_total_g": fp_bops.total / 1e9, "policy": "32/32", "error": ""}
 
 
 def _cost_model(job: FinetuneJob) -> CostModel:

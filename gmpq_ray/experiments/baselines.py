@@ -35,7 +35,7 @@ def random_feasible_policies(space: SearchSpace, count: int, seed: int = 0) -> l
         proposal = Policy(
             space.model,
             {name: LayerBits(rng.choice(space.w_bits), rng.choice(space.a_bits)) for name in cost.searched},
-            {name: space.fixed for name in cost.fixed},
+            {name: space.fixed for name in cost.fixed_layers},
             space.input_size,
         )
         policy = repair_policy(proposal, cost.macs, space.bops_limit, space.w_bits, space.a_bits, source="proposal")
@@ -44,7 +44,6 @@ def random_feasible_policies(space: SearchSpace, count: int, seed: int = 0) -> l
 
 
 def _with_bops(policy: Policy, cost: CostModel, space: SearchSpace) -> Policy:
-    searched, total = cost.policy_bops(policy, space.fixed)
     policy.input_size = space.input_size
-    policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+    policy.bops = cost.policy_bops(policy, space.fixed).to_dict(space.bops_limit)
     return policy

@@ -1,7 +1,7 @@
 """What a quantized layer holds, as integers: the numbers the ONNX graph stores.
 
 Pure PyTorch (no onnx import). The values come from the quantizers themselves
-(:func:`~gmpq_ray.core.quant.quantizers.weight_scale`, :func:`~gmpq_ray.core.quant.quantizers.quantize_weight`
+(:func:`~gmpq_ray.core.quant.grid.weight_scale`, :func:`~gmpq_ray.core.quant.functions.quantize_weight`
 and the activation quantizer's clip), so ``codes * scale`` is exactly the fake-quantized weight
 the PyTorch network convolves with, and the activation grid is the one it rounds to.
 
@@ -20,8 +20,9 @@ from torch import nn
 
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import FULL_PRECISION_BITS, MAX_BITS, MIN_BITS
+from gmpq_ray.core.quant.functions import quantize_weight
+from gmpq_ray.core.quant.grid import signed_levels, unsigned_levels, weight_scale
 from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
-from gmpq_ray.core.quant.quantizers import quantize_weight, signed_levels, unsigned_levels, weight_scale
 
 
 @dataclass(frozen=True)

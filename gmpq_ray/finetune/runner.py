@@ -102,7 +102,7 @@ def finetune(
         with folder, StopSignals() as signals:
             try:
                 if not resume:
-                    policy.bops = {**policy.bops, "searched_g": bops[0] / 1e9, "total_g": bops[1] / 1e9}
+                    policy.bops = {**policy.bops, **bops.to_dict()}
                     policy.save(out / POLICY_FILE)
                     write_text_atomic(out / JOB_FILE, yaml.safe_dump(job_to_dict(job), sort_keys=False))
                 log(f"finetune {job.name}: {job.model} with {len(policy.layers)} searched layers at {format_bops(bops[0])} "

@@ -294,5 +294,5 @@ def _load_space(value: Any, base: Path, where: str) -> SearchSpace:
             raise UserInputError(f"{where}: search space file {space_path} does not exist")
         return SearchSpace.load(space_path)
     if isinstance(value, dict):
-        return parse(SearchSpace, value, where)
+        return SearchSpace.from_dict(value, where)
     raise UserInputError(f"{where}: give a search space YAML path or an inline mapping")

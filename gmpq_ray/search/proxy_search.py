@@ -133,15 +133,15 @@ def proxy_trial(config: dict[str, Any], context: TrialContext) -> None:
     allocation = solve_allocation(scores, cost.macs, space.bops_limit, space.w_bits, space.a_bits)
     solve_s = time.perf_counter() - start
 
-    policy = Policy(space.model, allocation.layers, {name: space.fixed for name in cost.fixed}, space.input_size)
-    searched, total = cost.policy_bops(policy, space.fixed)
-    policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+    policy = Policy(space.model, allocation.layers, {name: space.fixed for name in cost.fixed_layers}, space.input_size)
+    policy_bops = cost.policy_bops(policy, space.fixed)
+    policy.bops = policy_bops.to_dict(space.bops_limit)
     # The chosen policy as the proxy left it: calibrated like QAT starts, not trained.
     train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
     model = apply_policy(copy.deepcopy(teacher), policy, space.fixed).to(device)
     calibrate(model, train_loader, device)
     evaluation = evaluate_with_arc(model, teacher.to(device), space.model, val_loader, device)
-    bops_g = searched / 1e9
+    bops_g = policy_bops.searched / 1e9
     metrics = {
         "epoch": 1, "loss": evaluation.loss, "ce": evaluation.loss, "attr_loss": 0.0,
         "accuracy": evaluation.accuracy, "arc": evaluation.arc,

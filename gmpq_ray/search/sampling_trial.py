@@ -65,7 +65,7 @@ def proposed_policy(config: dict[str, Any], job) -> Policy:
     return Policy(
         model=space.model,
         layers={name: LayerBits(int(config["w_bits"][name]), int(config["a_bits"][name])) for name in layers},
-        fixed_layers={name: space.fixed for name in space.cost_model().fixed},
+        fixed_layers={name: space.fixed for name in space.cost_model().fixed_layers},
         input_size=space.input_size,
     )
 
@@ -79,8 +79,7 @@ def policy_to_evaluate(config: dict[str, Any], job) -> tuple[Policy, Policy]:
         policy = repair_policy(proposal, space.cost_model().macs, space.bops_limit, space.w_bits, space.a_bits,
                                source="proposal")
     cost = space.cost_model()
-    searched, total = cost.policy_bops(policy, space.fixed)
-    policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+    policy.bops = cost.policy_bops(policy, space.fixed).to_dict(space.bops_limit)
     return proposal, policy
 
 

@@ -31,7 +31,7 @@ from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
 from gmpq_ray.core.quant.convert import argmax_policy, pinned_policy, supernet_layers, to_supernet
-from gmpq_ray.core.quant.quantizers import compile_requested_by_environment, compiler_available, use_compiled_kernels
+from gmpq_ray.core.quant.kernels_compiled import compile_requested_by_environment, compiler_available, use_compiled_kernels
 from gmpq_ray.core.train.evaluation import evaluate_with_arc
 from gmpq_ray.core.train.loop import NonFiniteLossError, run_epoch
 from gmpq_ray.search.job import Job
@@ -125,8 +125,7 @@ def derive_policy(supernet: torch.nn.Module, job: Job, fill: bool | None = None)
         fill=job.search.fill_budget if fill is None else fill,
     )
     for policy in (argmax, repaired):
-        searched, total = cost.policy_bops(policy, space.fixed)
-        policy.bops = {"searched_g": searched / 1e9, "total_g": total / 1e9, "limit_g": space.bops_limit / 1e9}
+        policy.bops = cost.policy_bops(policy, space.fixed).to_dict(space.bops_limit)
     return argmax, repaired
 
 

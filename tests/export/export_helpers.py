@@ -24,7 +24,7 @@ QUICKSTART_BITS = [(2, 2), (2, 2), (2, 2), (2, 2), (2, 3), (4, 3)]
 def quickstart_policy() -> Policy:
     cost = CostModel.for_model("digits_cnn", 16, 10, 1)
     layers = {name: LayerBits(w, a) for name, (w, a) in zip(cost.searched, QUICKSTART_BITS)}
-    return Policy("digits_cnn", layers, {name: LayerBits(8, 8) for name in cost.fixed}, 16)
+    return Policy("digits_cnn", layers, {name: LayerBits(8, 8) for name in cost.fixed_layers}, 16)
 
 
 def make_digits_run(folder: Path, fp_epochs: int = 2, qat_epochs: int = 1) -> Path:

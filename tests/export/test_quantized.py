@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gmpq_ray.core.policy import LayerBits
+from gmpq_ray.core.quant.functions import quantize_weight
 from gmpq_ray.core.quant.layers import QuantConv2d, QuantLinear
-from gmpq_ray.core.quant.quantizers import quantize_weight
 from gmpq_ray.export.quantized import activation_grid, weight_codes, weight_storage_bytes
 
 

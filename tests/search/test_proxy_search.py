@@ -6,8 +6,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from gmpq_ray.core.cost.bops import CostModel
-from gmpq_ray.core.cost.repair import policy_searched_bops
+from gmpq_ray.core.cost.bops import CostModel, searched_bops
 from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.search.proxy_search import task_shares
 from gmpq_ray.search.runner import run_search
@@ -29,12 +28,12 @@ def test_proxy_search_writes_the_run_folder_of_every_method(tmp_path, ray_local)
     policy = Policy.load(out / "best_policy.json")
     assert policy == result.best_policy
     cost = CostModel.for_model("digits_cnn", 16, 10, 1)
-    searched = policy_searched_bops(policy.layers, cost.macs)
+    searched = searched_bops(policy.layers, cost.macs)
     assert searched <= 33e6 and policy.bops["searched_g"] == pytest.approx(searched / 1e9)
     for name, bits in policy.layers.items():  # maximal: no single step up fits
         for raised in (LayerBits(bits.w_bits + 1, bits.a_bits), LayerBits(bits.w_bits, bits.a_bits + 1)):
             if max(raised.w_bits, raised.a_bits) <= 4:
-                assert policy_searched_bops({**policy.layers, name: raised}, cost.macs) > 33e6
+                assert searched_bops({**policy.layers, name: raised}, cost.macs) > 33e6
 
     [trial] = pd.read_csv(out / "trials.csv").itertuples()
     assert trial.status == "TERMINATED" and 0 < trial.policy_accuracy <= 1

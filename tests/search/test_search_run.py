@@ -29,7 +29,7 @@ def test_search_writes_policy_study_trials_and_figure(tmp_path, ray_local):
     assert searched <= 33e6
     assert policy.bops["searched_g"] == pytest.approx(searched / 1e9)
     # The derived policy fills the budget: no single step up still fits.
-    policy.validate_layers(cost.searched, cost.fixed, [2, 3, 4], [2, 3, 4])
+    policy.validate_layers(cost.searched, cost.fixed_layers, [2, 3, 4], [2, 3, 4])
     assert not policy.is_uniform()
 
     trials = pd.read_csv(out / "trials.csv")

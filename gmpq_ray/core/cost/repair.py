@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+from gmpq_ray.core.cost.bops import floor_bops, searched_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits, Policy
 
@@ -24,11 +25,6 @@ ValueFn = Callable[[str, str, int], float]
 
 def _default_value(layer: str, kind: str, bits: int) -> float:
     return math.log2(bits)
-
-
-def policy_searched_bops(layers: Mapping[str, LayerBits], macs: Mapping[str, int]) -> int:
-    """Searched-layer BOPs of per-layer bits."""
-    return sum(macs[name] * bits.w_bits * bits.a_bits for name, bits in layers.items())
 
 
 def repair_policy(
@@ -63,13 +59,13 @@ def repair_policy(
     w_cands, a_cands = sorted(set(w_candidates)), sorted(set(a_candidates))
     candidates = {"w_bits": w_cands, "a_bits": a_cands}
     layers = {name: LayerBits(b.w_bits, b.a_bits) for name, b in policy.layers.items()}
-    floor = sum(macs[n] * w_cands[0] * a_cands[0] for n in layers)
+    floor = floor_bops(layers, macs, w_cands, a_cands)
     if floor > bops_limit:
         raise UserInputError(
             f"BOPs limit {bops_limit / 1e9:.4g} G is below the smallest policy's "
             f"{floor / 1e9:.4g} G (every layer at {w_cands[0]}/{a_cands[0]} bits)"
         )
-    current = policy_searched_bops(layers, macs)
+    current = searched_bops(layers, macs)
     repair_steps = fill_steps = 0
 
     def step(name: str, kind: str, direction: int) -> tuple[int, float, LayerBits] | None:

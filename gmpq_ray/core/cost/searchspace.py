@@ -14,15 +14,16 @@ Example ``searchspaces/resnet18.yaml``::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gmpq_ray.core.config import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS, key_path, load_yaml, parse, require, short_repr
 from gmpq_ray.core.cost.bops import CostModel
-from gmpq_ray.core.cost.repair import policy_searched_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models.registry import create_model, model_entry
 from gmpq_ray.core.policy import MAX_BITS, MIN_BITS, LayerBits, check_bits
@@ -50,19 +51,36 @@ def parse_bops(value: Any, where: str) -> float:
 class SearchSpace:
     """What a search may choose, for which architecture, under which budget.
 
-    Once parsed, ``w_bits`` and ``a_bits`` are sorted and ``bops_limit`` is in BOPs (a float).
+    Built by :meth:`from_dict` (or :meth:`load`), which parses every field once: ``bops_limit``
+    is in BOPs (the YAML's ``15.3``, ``"15.3G"`` or ``"33M"``), ``w_bits`` and ``a_bits`` are
+    sorted. :meth:`validate` only checks.
     """
 
     model: str
     input_size: int
     w_bits: list[int]
     a_bits: list[int]
-    bops_limit: Any
+    bops_limit: float
     num_classes: int = 1000
     in_channels: int = 3
     cifar_stem: bool = False
     fixed_layers: list[str] | None = None
     fixed_bits: int = 8
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> SearchSpace:
+        """Parse and validate a search-space mapping (the YAML's form); ``where`` names it in errors.
+
+        Example:
+            >>> space = SearchSpace.from_dict({"model": "digits_cnn", "input_size": 16, "num_classes": 10,
+            ...     "in_channels": 1, "w_bits": [4, 2], "a_bits": [2, 4], "bops_limit": "33M"}, "space")
+            >>> space.w_bits, space.bops_limit
+            ([2, 4], 33000000.0)
+        """
+        if isinstance(data, Mapping) and "bops_limit" in data:
+            data = {**data, "bops_limit": parse_bops(data["bops_limit"], f"{key_path(where)}bops_limit")}
+        space = parse(cls, data, where)
+        return dataclasses.replace(space, w_bits=sorted(space.w_bits), a_bits=sorted(space.a_bits))
 
     def validate(self, where: str) -> None:
         try:
@@ -82,31 +100,28 @@ class SearchSpace:
             for i, b in enumerate(bits):
                 require(MIN_BITS <= b <= MAX_BITS, f"{key_path(where)}{kind}[{i}]", f"bits must be between {MIN_BITS} and {MAX_BITS}, got {b}")
         check_bits(self.fixed_bits, f"{key_path(where)}fixed_bits")
-        limit = parse_bops(self.bops_limit, f"{key_path(where)}bops_limit")
+        limit = self.bops_limit
+        require(math.isfinite(limit) and limit > 0, f"{key_path(where)}bops_limit", f"must be a positive amount, got {short_repr(limit)}")
         if self.fixed_layers is not None:
             model = create_model(self.model, self.num_classes, self.in_channels, self.cifar_stem, device="meta")
             check_fixed_layers(model, self.fixed_layers, f"{key_path(where)}fixed_layers")
         cost = self.cost_model()
         require(bool(cost.searched), f"{key_path(where)}fixed_layers", "leaves no layer to search")
-        floor = self.smallest_bops()
+        floor = cost.floor_bops(self.w_bits, self.a_bits)
         require(
             floor <= limit, f"{key_path(where)}bops_limit",
             f"{limit / 1e9:.4g} G is below the smallest policy's {floor / 1e9:.4g} G "
             f"(every searched layer at {min(self.w_bits)}/{min(self.a_bits)} bits)",
         )
 
-    def normalize(self) -> None:
-        """Sorted bit candidates and ``bops_limit`` in BOPs; called once by :func:`parse`, after :meth:`validate`."""
-        self.bops_limit = parse_bops(self.bops_limit, "bops_limit")
-        self.w_bits, self.a_bits = sorted(self.w_bits), sorted(self.a_bits)
-
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         """Read and validate a search-space YAML file."""
-        return parse(cls, load_yaml(path), str(path))
+        return cls.from_dict(load_yaml(path), str(path))
 
     @property
     def fixed(self) -> LayerBits:
+        """The bits of the fixed layers (``fixed_layers``, by default the first conv and the classifier)."""
         return LayerBits(self.fixed_bits, self.fixed_bits)
 
     def cost_model(self) -> CostModel:
@@ -120,6 +135,6 @@ class SearchSpace:
             check_fixed_layers(create_model(self.model, self.num_classes, self.in_channels, self.cifar_stem, device="meta"), self.fixed_layers)
         return CostModel.for_model(self.model, self.input_size, self.num_classes, self.in_channels, False, self.fixed_layers)
 
-    def smallest_bops(self) -> int:
-        cost = self.cost_model()
-        return policy_searched_bops({n: LayerBits(min(self.w_bits), min(self.a_bits)) for n in cost.searched}, cost.macs)
+    def floor_bops(self) -> int:
+        """Searched-layer BOPs with every searched layer at the lowest candidates."""
+        return self.cost_model().floor_bops(self.w_bits, self.a_bits)

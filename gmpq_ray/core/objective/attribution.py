@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmpq_ray.core.models.registry import model_entry
+from gmpq_ray.core.policy import FULL_PRECISION_BITS
 from gmpq_ray.core.quant.layers import QuantLinear
 
 
@@ -57,7 +58,7 @@ class FeatureTap:
     def class_weights(self, target: torch.Tensor) -> torch.Tensor:
         """Per-image class weights W[c, k], masked like the classifier's input quantizer's STE."""
         weights = self.classifier_weight()[target]
-        if isinstance(self.classifier, QuantLinear) and self.classifier.a_bits < 32:
+        if isinstance(self.classifier, QuantLinear) and self.classifier.a_bits < FULL_PRECISION_BITS:
             quant = self.classifier.act_quant
             pooled = self.features.mean(dim=(2, 3))
             clip = quant.clip.abs() + 1e-8

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmpq_ray.core.cost.bops import CostModel
+from gmpq_ray.core.cost.expected import ExpectedBits, SupernetBops
 from gmpq_ray.core.models.registry import model_entry
 from gmpq_ray.core.objective.attribution import FeatureTap, capacity_exponent, class_activation_map, gradcam_map, imitation_loss
 from gmpq_ray.core.objective.complexity_term import DEFAULT_DUAL_LR, BudgetMultiplier, ComplexityTerm
-from gmpq_ray.core.quant.convert import supernet_layers
 from gmpq_ray.core.train.teacher import TeacherPrecision, inference_teacher
 
 AttributionPath = Literal["closed_form", "autograd"]
@@ -76,8 +76,7 @@ class GMPQObjective:
         self.teacher = inference_teacher(teacher, teacher_precision)
         self.student_tap = FeatureTap(student, model_name)
         self.teacher_tap = FeatureTap(self.teacher, model_name, leaf=attribution == "autograd")
-        self.layers = list(supernet_layers(student).items())
-        self.macs = [float(cost.macs[name]) for name, _ in self.layers]
+        self.bops = SupernetBops(cost, student)
         self.bops_limit = float(bops_limit)
         self.lambda_attr, self.kappa = float(lambda_attr), float(kappa)
         self.p = None if p is None else float(p)
@@ -98,18 +97,15 @@ class GMPQObjective:
             logits = self.teacher(images)
             return gradcam_map(self.teacher_tap.features, logits, labels, create_graph=False).detach().float()
 
-    def expected_bops(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        bits = [layer.expected_bits() for _, layer in self.layers]
-        total = sum(macs * w * a for macs, (w, a) in zip(self.macs, bits))
-        return total, bits
+    def expected_bops(self) -> tuple[torch.Tensor, ExpectedBits]:
+        """Expected searched-layer BOPs under softmax(α) and each layer's expected bits."""
+        return self.bops.expected()
 
     def argmax_bops(self) -> torch.Tensor:
         """Searched-layer BOPs of the argmax policy, as a tensor on the α's device (no host sync)."""
-        with torch.no_grad():
-            return sum(macs * layer.w_bit_values[layer.alpha_w.argmax()] * layer.a_bit_values[layer.alpha_a.argmax()]
-                       for macs, (_, layer) in zip(self.macs, self.layers))
+        return self.bops.argmax()
 
-    def exponent(self, bits: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | float:
+    def exponent(self, bits: ExpectedBits) -> torch.Tensor | float:
         return self.p if self.p is not None else capacity_exponent(bits, self.kappa)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -33,8 +33,8 @@ from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.objective.attribution import attribution_rank_consistency, class_activation_map
 from gmpq_ray.core.policy import LayerBits
 from gmpq_ray.core.proxy.probe import Batch, LayerProbe, Outputs
+from gmpq_ray.core.quant.functions import quantize_weight
 from gmpq_ray.core.quant.layers import QuantConv2d
-from gmpq_ray.core.quant.quantizers import quantize_weight
 
 Scores = dict[str, dict[LayerBits, float]]
 

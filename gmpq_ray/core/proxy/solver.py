@@ -1,7 +1,7 @@
 """The bit allocation of a proxy search, solved exactly: a multiple-choice knapsack.
 
 Each searched layer takes exactly one (w_bits, a_bits) choice; a choice has a cost (its BOPs,
-from the project's one cost model, :func:`gmpq_ray.core.cost.repair.policy_searched_bops`) and a
+from the project's one cost model, :func:`gmpq_ray.core.cost.bops.searched_bops`) and a
 *damage* (what a proxy measured when that layer alone was quantized so). The allocation
 minimizes the summed damage with the searched-layer BOPs at most the limit.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gmpq_ray.core.cost.repair import policy_searched_bops
+from gmpq_ray.core.cost.bops import searched_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits
 
@@ -55,7 +55,7 @@ def monotone_damage(damage: Mapping[LayerBits, float], w_candidates: Sequence[in
 
 def choice_bops(layer: str, bits: LayerBits, macs: Mapping[str, int]) -> int:
     """BOPs of one layer at ``bits`` (the cost model's own sum, over one layer)."""
-    return int(policy_searched_bops({layer: bits}, macs))
+    return int(searched_bops({layer: bits}, macs))
 
 
 def solve_allocation(
@@ -132,7 +132,7 @@ def solve_allocation(
         state = int(parents[i][state])
     layers = {name: chosen[name] for name in names}
     layers = _fill(layers, macs, bops_limit, w_cands, a_cands)
-    return Allocation(layers, float(sum(smooth[n][b] for n, b in layers.items())), int(policy_searched_bops(layers, macs)))
+    return Allocation(layers, float(sum(smooth[n][b] for n, b in layers.items())), int(searched_bops(layers, macs)))
 
 
 def _fill(layers: dict[str, LayerBits], macs: Mapping[str, int], bops_limit: float,
@@ -140,7 +140,7 @@ def _fill(layers: dict[str, LayerBits], macs: Mapping[str, int], bops_limit: flo
     """Take steps up that fit, first layer and weights first, until none does (damage is
     non-increasing in bits, so the allocation stays optimal)."""
     layers = dict(layers)
-    current = policy_searched_bops(layers, macs)
+    current = searched_bops(layers, macs)
     moved = True
     while moved:
         moved = False

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from gmpq_ray.core.quant.quantizers import ActivationQuantizer
+from gmpq_ray.core.quant.activation import ActivationQuantizer
 
 
 @torch.no_grad()

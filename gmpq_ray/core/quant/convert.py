@@ -136,14 +136,14 @@ class pinned_policy:
 
     def __init__(self, model: nn.Module, policy: Policy) -> None:
         self.layers = supernet_layers(model)
-        self.fixed = fixed_quant_layers(model)
-        policy.validate_layers(self.layers, self.fixed)
+        self.fixed_layers = fixed_quant_layers(model)
+        policy.validate_layers(self.layers, self.fixed_layers)
         self.policy = policy
 
     def __enter__(self) -> None:
-        self._saved = {n: (m.w_bits, m.a_bits) for n, m in self.fixed.items()}
+        self._saved = {n: (m.w_bits, m.a_bits) for n, m in self.fixed_layers.items()}
         for name, bits in self.policy.fixed_layers.items():
-            self.fixed[name].w_bits, self.fixed[name].a_bits = bits.w_bits, bits.a_bits
+            self.fixed_layers[name].w_bits, self.fixed_layers[name].a_bits = bits.w_bits, bits.a_bits
         for name, layer in self.layers.items():
             layer.chosen = self.policy.layers[name]
 
@@ -151,4 +151,4 @@ class pinned_policy:
         for layer in self.layers.values():
             layer.chosen = None
         for name, (w, a) in self._saved.items():
-            self.fixed[name].w_bits, self.fixed[name].a_bits = w, a
+            self.fixed_layers[name].w_bits, self.fixed_layers[name].a_bits = w, a

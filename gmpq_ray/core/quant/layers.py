@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmpq_ray.core.policy import LayerBits
-from gmpq_ray.core.quant.quantizers import ActivationQuantizer, mix_weights, quantize_weight
+from gmpq_ray.core.quant.activation import ActivationQuantizer
+from gmpq_ray.core.quant.functions import mix_weights, quantize_weight
 
 
 class QuantConv2d(nn.Conv2d):

@@ -17,9 +17,9 @@ from torch import nn
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import FULL_PRECISION_BITS, LayerBits, Policy
+from gmpq_ray.core.quant.activation import ActivationQuantizer
 from gmpq_ray.core.quant.convert import apply_policy
 from gmpq_ray.core.quant.layers import QuantConv2d, QuantLinear
-from gmpq_ray.core.quant.quantizers import ActivationQuantizer
 
 
 def check_policy_fits(model_name: str, num_classes: int, in_channels: int, cifar_stem: bool, policy: Policy,

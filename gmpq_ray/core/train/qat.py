@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gmpq_ray.core.config import require, short_repr
 from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.quant.calibration import calibrate
 from gmpq_ray.core.quant.convert import apply_policy
@@ -24,7 +25,11 @@ from gmpq_ray.core.train.loop import cross_entropy, run_epoch
 
 @dataclass
 class QATConfig:
-    """Hyper-parameters of the short QAT every compared policy gets."""
+    """Hyper-parameters of the short QAT every compared policy gets.
+
+    Raises:
+        UserInputError: ``epochs`` below 1, or ``eval_split`` neither ``val`` nor ``test``.
+    """
 
     epochs: int = 3
     lr: float = 0.01
@@ -33,6 +38,14 @@ class QATConfig:
     # "val" while searching (sampled trials select on it); "test" for the final report of
     # candidates, so that the split that selected them does not also score them.
     eval_split: str = "val"
+
+    def __post_init__(self) -> None:
+        self.validate("qat")
+
+    def validate(self, where: str) -> None:
+        """Check the fields (changes nothing); errors name ``where.field``."""
+        require(isinstance(self.epochs, int) and self.epochs >= 1, f"{where}.epochs", f"must be at least 1, got {short_repr(self.epochs)}")
+        require(self.eval_split in ("val", "test"), f"{where}.eval_split", f"must be 'val' or 'test', got {short_repr(self.eval_split)}")
 
 
 def quantized_copy(teacher: nn.Module, policy: Policy, fixed_bits: LayerBits = LayerBits(8, 8)) -> nn.Module:
@@ -91,9 +104,13 @@ def evaluate_policy(
     teacher: nn.Module, model_name: str, policy: Policy, data, config: QATConfig, seed: int = 0,
     device: torch.device | str = "cpu", fixed_bits: LayerBits = LayerBits(8, 8),
 ) -> Evaluation:
-    """The final evaluation of ``policy`` after the whole QAT protocol."""
+    """The final evaluation of ``policy`` after the whole QAT protocol.
+
+    Raises:
+        UserInputError: ``config.epochs`` is below 1 (``qat.epochs``).
+    """
+    config.validate("qat")
     final = None
     for _, evaluation, _ in QATRun(teacher, model_name, policy, data, config, seed, device, fixed_bits).epochs():
         final = evaluation
-    assert final is not None, "QATConfig.epochs must be at least 1"
     return final

@@ -9,7 +9,7 @@ teacher forward at batch 32 about 6 times faster than in fp32, and the teacher's
 largest part of what a GMPQ step adds to a plain training step. The maps stay close: Spearman
 0.9995 between fp32 and bf16 maps of a trained ResNet18, and their normalized squared distance
 (what the imitation loss measures) about 1e-5, against 3e-4 for a student whose weights carry
-5 % noise (``tests/core/test_teacher.py`` checks the bound). ``precision="fp32"`` keeps fp32.
+5 % noise (``tests/core/train/test_teacher.py`` checks the bound). ``precision="fp32"`` keeps fp32.
 
 The student, the evaluation and ARC are not affected: only the imitation target goes through
 this copy.

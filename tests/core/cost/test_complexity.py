@@ -56,7 +56,7 @@ def test_module_macs_on_meta_device():
 def test_cost_model_for_module_splits_fixed_and_searched():
     cost = CostModel.for_module(Tiny(), (3, 12, 12))
     assert dict(cost.macs) == HAND_MACS
-    assert cost.fixed == ("conv1", "fc")
+    assert cost.fixed_layers == ("conv1", "fc")
     assert cost.searched == ("body.0", "body.2")
     assert cost.searched_macs() == HAND_MACS["body.0"] + HAND_MACS["body.2"]
 
@@ -92,7 +92,7 @@ def test_resnet18_at_224_matches_the_paper():
     fp32 = cost.uniform_bops(32, 32)
     assert fp32 == pytest.approx(1853.4e9, rel=0.01)  # DESIGN.md's FP32 figure
     assert fp32 == pytest.approx(1857.6e9, rel=1e-4)  # torchvision's ResNet-18 counted exactly
-    assert cost.fixed == ("conv1", "fc")
+    assert cost.fixed_layers == ("conv1", "fc")
     assert len(cost.searched) == 19  # 16 block convs + 3 downsample convs
     assert cost.macs["conv1"] == 64 * 3 * 7 * 7 * 112 * 112
     assert cost.macs["fc"] == 512 * 1000
@@ -125,14 +125,14 @@ def test_mobilenet_v2_depthwise_convs_count_groups():
     # features.2: 1x1 expansion 16->96 at 112x112, then a stride-2 depthwise conv to 56x56.
     assert cost.macs["features.2.conv.0.0"] == 96 * 16 * 112 * 112
     assert cost.macs["features.2.conv.1.0"] == 96 * 1 * 9 * 56 * 56
-    assert cost.fixed == ("features.0.0", "classifier.1")
+    assert cost.fixed_layers == ("features.0.0", "classifier.1")
     assert sum(cost.macs.values()) == pytest.approx(300.8e6, rel=0.01)
 
 
 def test_expected_bops_with_equal_alphas_and_gradient():
     model = Tiny()
     cost = CostModel.for_module(model, (3, 12, 12))
-    supernet = to_supernet(model, [2, 4, 6], [3, 5], fixed_layers=list(cost.fixed))
+    supernet = to_supernet(model, [2, 4, 6], [3, 5], fixed_layers=list(cost.fixed_layers))
     expected = cost.expected_bops(supernet)
     mean_w, mean_a = (2 + 4 + 6) / 3, (3 + 5) / 2
     assert float(expected.detach()) == pytest.approx(cost.searched_macs() * mean_w * mean_a, rel=1e-6)

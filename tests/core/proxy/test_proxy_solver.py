@@ -7,8 +7,7 @@ import random
 
 import pytest
 
-from gmpq_ray.core.cost.bops import CostModel
-from gmpq_ray.core.cost.repair import policy_searched_bops
+from gmpq_ray.core.cost.bops import CostModel, searched_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits
 from gmpq_ray.core.proxy.solver import monotone_damage, solve_allocation
@@ -36,24 +35,24 @@ def test_solution_is_feasible_maximal_and_optimal_against_brute_force(seed):
     cost = CostModel.for_model("digits_cnn", 16, 10, 1)
     layers = list(cost.searched)[:4]  # 9**4 = 6561 allocations, checked one by one
     macs = {n: cost.macs[n] for n in layers}
-    floor = policy_searched_bops({n: LayerBits(2, 2) for n in layers}, macs)
-    top = policy_searched_bops({n: LayerBits(4, 4) for n in layers}, macs)
+    floor = searched_bops({n: LayerBits(2, 2) for n in layers}, macs)
+    top = searched_bops({n: LayerBits(4, 4) for n in layers}, macs)
     limit = floor + rng.uniform(0.1, 0.7) * (top - floor)
     damage = _random_damage(layers, rng)
     solution = solve_allocation(damage, macs, limit, W_BITS, A_BITS)
 
     # feasible, and the BOPs the cost model gives
-    assert solution.bops == policy_searched_bops(solution.layers, macs) <= limit
+    assert solution.bops == searched_bops(solution.layers, macs) <= limit
     # maximal: no single layer can go a step up
     for name, bits in solution.layers.items():
         for raised in _steps_up(bits):
-            assert policy_searched_bops({**solution.layers, name: raised}, macs) > limit, (name, raised)
+            assert searched_bops({**solution.layers, name: raised}, macs) > limit, (name, raised)
     # optimal: no feasible allocation has less (monotone) damage
     smooth = {n: monotone_damage(damage[n], W_BITS, A_BITS) for n in layers}
     choices = [LayerBits(w, a) for w in W_BITS for a in A_BITS]
     best = min(sum(smooth[n][b] for n, b in zip(layers, combo))
                for combo in itertools.product(choices, repeat=len(layers))
-               if policy_searched_bops(dict(zip(layers, combo)), macs) <= limit)
+               if searched_bops(dict(zip(layers, combo)), macs) <= limit)
     assert solution.damage == pytest.approx(best, rel=1e-12, abs=1e-12)
 
 

@@ -69,7 +69,7 @@ def test_policy_at_32_bits_keeps_the_network_and_evaluates(name):
     teacher = create_model(name, num_classes=3, cifar_stem=True).eval()
     cost = CostModel.for_model(name, 32, 3)
     full = LayerBits(32, 32)
-    policy = Policy(model=name, layers={n: full for n in cost.searched}, fixed_layers={n: full for n in cost.fixed})
+    policy = Policy(model=name, layers={n: full for n in cost.searched}, fixed_layers={n: full for n in cost.fixed_layers})
     student = apply_policy(copy.deepcopy(teacher), policy).eval()
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -11,7 +11,7 @@ from gmpq_ray.core.cost.searchspace import SearchSpace, parse_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits
 
-SEARCHSPACES = sorted((Path(__file__).resolve().parents[2] / "searchspaces").glob("*.yaml"))
+SEARCHSPACES = sorted((Path(__file__).resolve().parents[3] / "searchspaces").glob("*.yaml"))
 
 DIGITS = {
     "model": "digits_cnn", "input_size": 16, "num_classes": 10, "in_channels": 1,
@@ -38,7 +38,7 @@ def test_shipped_searchspaces_are_valid(path):
     space = SearchSpace.load(path)
     assert space.model.replace(":", "_") == path.stem  # timm:<name> lives in timm_<name>.yaml
     cost = space.cost_model()
-    assert space.smallest_bops() <= space.bops_limit
+    assert space.floor_bops() <= space.bops_limit
     # The limit sits inside the space: the largest policy does not fit, the smallest does.
     largest = sum(cost.macs[n] for n in cost.searched) * space.w_bits[-1] * space.a_bits[-1]
     assert largest > space.bops_limit
@@ -49,14 +49,14 @@ def test_resnet18_searchspace_values():
     space = SearchSpace.load(next(p for p in SEARCHSPACES if p.stem == "resnet18"))
     assert space.bops_limit == pytest.approx(15.3e9)
     assert space.w_bits == [2, 3, 4, 6] and space.input_size == 224 and space.num_classes == 1000
-    assert space.cost_model().fixed == ("conv1", "fc")
+    assert space.cost_model().fixed_layers == ("conv1", "fc")
 
 
 def test_digits_searchspace_loads_and_sorts(tmp_path):
     space = SearchSpace.load(write(tmp_path, w_bits=[4, 2, 3]))
     assert space.w_bits == [2, 3, 4]
     assert space.bops_limit == 33e6
-    assert space.smallest_bops() == space.cost_model().searched_macs() * 4
+    assert space.floor_bops() == space.cost_model().searched_macs() * 4
 
 
 @pytest.mark.parametrize(
@@ -97,8 +97,8 @@ def test_fixed_layers_that_leave_nothing_to_search(tmp_path):
 def test_custom_fixed_layers_change_the_budget_base(tmp_path):
     space = SearchSpace.load(write(tmp_path, fixed_layers=["features.0.conv", "features.1.conv", "fc"]))
     cost = space.cost_model()
-    assert "features.1.conv" not in cost.searched and "features.1.conv" in cost.fixed
-    assert space.smallest_bops() == cost.searched_macs() * 4
+    assert "features.1.conv" not in cost.searched and "features.1.conv" in cost.fixed_layers
+    assert space.floor_bops() == cost.searched_macs() * 4
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -126,3 +126,7 @@ def test_parse_bops(value, expected):
 def test_parse_bops_rejects(value):
     with pytest.raises(UserInputError, match="^limit"):
         parse_bops(value, "limit")
+
+
+def test_the_shipped_search_spaces_are_all_checked():
+    assert {p.stem for p in SEARCHSPACES} >= {"digits_cnn", "resnet18", "resnet50", "mobilenet_v2"}

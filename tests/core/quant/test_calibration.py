@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from gmpq_ray.core.policy import LayerBits, Policy
+from gmpq_ray.core.quant.activation import ActivationQuantizer
 from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
 from gmpq_ray.core.quant.convert import fixed_quant_layers, pinned_policy, supernet_layers, to_supernet
 from gmpq_ray.core.quant.layers import MixedPrecisionConv2d, QuantConv2d, QuantLinear
-from gmpq_ray.core.quant.quantizers import ActivationQuantizer
 
 
 class QuantizeInput(nn.Module):

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 
-from gmpq_ray.core.quant import quantizers
-from gmpq_ray.core.quant.quantizers import (
-    ActivationQuantizer,
-    _MixedActivationQuant,
-    mix_weights,
-    quantize_weight,
-    signed_levels,
-    unsigned_levels,
-    weight_scale,
-)
+from gmpq_ray.core.quant import backends, grid, kernels_blocked, kernels_compiled
+from gmpq_ray.core.quant.activation import ActivationQuantizer
+from gmpq_ray.core.quant.functions import _MixedActivationQuant, mix_weights, quantize_weight
+from gmpq_ray.core.quant.grid import signed_levels, unsigned_levels, weight_scale
 
 PATHS = ["blocked", "whole"]
 
@@ -32,9 +28,9 @@ PATHS = ["blocked", "whole"]
 def path(request, monkeypatch):
     """Run the quantizers through the blocked CPU kernels (blocks of 64 elements per thread,
     so every tensor spans several) or through the whole-tensor kernels."""
-    monkeypatch.setattr(quantizers, "CPU_BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(kernels_blocked, "CPU_BLOCK_ELEMENTS", 64)
     if request.param == "whole":
-        monkeypatch.setattr(quantizers, "_blocked_cpu", lambda *tensors: False)
+        monkeypatch.setattr(kernels_blocked, "applies", lambda *tensors: False)
     return request.param
 
 
@@ -176,9 +172,9 @@ def test_blocked_and_whole_activation_kernels_agree(monkeypatch):
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
     results = []
     for blocked in (True, False):
-        monkeypatch.setattr(quantizers, "CPU_BLOCK_ELEMENTS", 256)
+        monkeypatch.setattr(kernels_blocked, "CPU_BLOCK_ELEMENTS", 256)
         if not blocked:
-            monkeypatch.setattr(quantizers, "_blocked_cpu", lambda *tensors: False)
+            monkeypatch.setattr(kernels_blocked, "applies", lambda *tensors: False)
         x1 = x.clone().requires_grad_()
         clip = torch.tensor(1.3, requires_grad=True)
         p = probs.clone().requires_grad_()
@@ -254,7 +250,7 @@ def test_weight_scale_matches_std_and_max_abs():
     w = weights(shape=(16, 64, 3, 3)) + 0.01
     flat = w.flatten(1)
     for bits in (2, 3, 4, 6, 8):
-        clip = torch.minimum(flat.abs().amax(1), quantizers._GAUSSIAN_CLIP[bits] * flat.std(1))
+        clip = torch.minimum(flat.abs().amax(1), grid._GAUSSIAN_CLIP[bits] * flat.std(1))
         assert torch.allclose(weight_scale(w, bits), clip / signed_levels(bits), rtol=1e-6)
     assert torch.equal(weight_scale(w, 12), flat.abs().amax(1) / signed_levels(12))
 
@@ -304,9 +300,9 @@ def test_blocked_and_whole_weight_kernels_agree(monkeypatch):
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
     results = []
     for blocked in (True, False):
-        monkeypatch.setattr(quantizers, "CPU_BLOCK_ELEMENTS", 256)
+        monkeypatch.setattr(kernels_blocked, "CPU_BLOCK_ELEMENTS", 256)
         if not blocked:
-            monkeypatch.setattr(quantizers, "_blocked_cpu", lambda *tensors: False)
+            monkeypatch.setattr(kernels_blocked, "applies", lambda *tensors: False)
         w1 = w.clone().requires_grad_()
         p = probs.clone().requires_grad_()
         out = mix_weights(w1, (2, 3, 4, 6), p)
@@ -335,38 +331,68 @@ def test_weight_quantizer_keeps_no_branch_copies_for_backward():
 # --- the opt-in compiled kernels ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not os.environ.get("GMPQ_TEST_COMPILE"), reason="compiles with torch.compile (about a minute); set GMPQ_TEST_COMPILE=1"
-)
-def test_compiled_kernels_match_the_eager_ones(monkeypatch):
-    x = activations(False, seed=10, shape=(4, 8, 9, 9))
+def compiled_and_eager(monkeypatch, x_shape, w_shape, bits, single_bits=None):
+    """Values and gradients of one activation mixture and one weight mixture (and, with
+    ``single_bits``, one single-bitwidth weight), from the eager kernels, then from the compiled
+    ones (compiled afresh in this process; the test fails if they fell back to eager)."""
+    x = activations(False, seed=10, shape=x_shape)
     grad = torch.randn(x.shape, generator=generator(11))
-    w = weights(12, (24, 8, 3, 3))
+    w = weights(12, w_shape)
     grad_w = torch.randn(w.shape, generator=generator(13))
-    tops = levels_of((2, 3, 4, 6), False)
+    tops = levels_of(bits, False)
+    probs = torch.linspace(1.0, 2.0, len(bits))
+    probs = probs / probs.sum()
 
     def step():
         x1 = x.clone().requires_grad_()
         clip = torch.tensor(1.3, requires_grad=True)
-        p = torch.tensor([0.1, 0.2, 0.3, 0.4], requires_grad=True)
+        p = probs.clone().requires_grad_()
         out = _MixedActivationQuant.apply(x1, clip, p, tops, False, 0.5)
         out.backward(grad)
         w1 = w.clone().requires_grad_()
-        pw = torch.tensor([0.4, 0.3, 0.2, 0.1], requires_grad=True)
-        out_w = mix_weights(w1, (2, 3, 4, 6), pw)
+        pw = probs.flip(0).clone().requires_grad_()
+        out_w = mix_weights(w1, bits, pw)
         out_w.backward(grad_w)
-        w2 = w.clone().requires_grad_()
-        single = quantize_weight(w2, 4)
-        single.backward(grad_w)
-        return [out.detach(), x1.grad, clip.grad, p.grad, out_w.detach(), w1.grad, pw.grad, single.detach(), w2.grad]
+        values = [out.detach(), x1.grad, clip.grad, p.grad, out_w.detach(), w1.grad, pw.grad]
+        if single_bits is not None:
+            w2 = w.clone().requires_grad_()
+            single = quantize_weight(w2, single_bits)
+            single.backward(grad_w)
+            values += [single.detach(), w2.grad]
+        return values
 
     eager = step()
-    monkeypatch.setattr(quantizers, "_compiled", {})
-    quantizers.use_compiled_kernels()
+    # One compile thread: starting inductor's pool of compile workers costs more than it saves here.
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)
+    monkeypatch.setattr(kernels_compiled, "_compiled", {})
+    monkeypatch.setattr(kernels_compiled, "_compiled_once", {})
+    kernels_compiled.use_compiled_kernels()
     try:
-        compiled = step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a failed compile would fall back silently
+            compiled = step()
+        assert kernels_compiled.compiled_kernels_enabled()
     finally:
-        quantizers.use_compiled_kernels(False)
+        kernels_compiled.use_compiled_kernels(False)
+    return eager, compiled
+
+
+@pytest.mark.skipif(not kernels_compiled.compiler_available("cpu"), reason="no C++ compiler for torch.compile")
+def test_compiled_kernels_match_the_eager_ones_at_a_small_shape(monkeypatch):
+    """The four compiled kernels (activation and weight, forward and backward), each compiled
+    once, in one compile thread: about 40 s with a cold inductor cache on two busy CPU cores
+    (8 s from the cache), the price of running them in CI."""
+    assert [b.name for b in backends.BACKENDS] == ["compiled", "blocked", "whole"]
+    eager, compiled = compiled_and_eager(monkeypatch, (2, 3, 4, 4), (4, 3, 3, 3), (2, 4))
+    for first, second in zip(eager, compiled):
+        assert torch.allclose(first, second, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("GMPQ_TEST_COMPILE"), reason="compiles with torch.compile (about a minute); set GMPQ_TEST_COMPILE=1"
+)
+def test_compiled_kernels_match_the_eager_ones(monkeypatch):
+    eager, compiled = compiled_and_eager(monkeypatch, (4, 8, 9, 9), (24, 8, 3, 3), (2, 3, 4, 6), single_bits=4)
     assert torch.equal(compiled[7], eager[7]) and torch.equal(compiled[8], eager[8])  # one bitwidth: exact
     for first, second in zip(eager, compiled):
         assert torch.allclose(first, second, rtol=1e-5, atol=1e-6)
@@ -391,10 +417,10 @@ def test_a_failing_compiled_kernel_falls_back_to_the_eager_ones(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no working C++ compiler")
 
-    monkeypatch.setattr(quantizers, "_compiled", dict.fromkeys(quantizers._KERNELS, broken))
-    assert quantizers.compiled_kernels_enabled()
+    monkeypatch.setattr(kernels_compiled, "_compiled", dict.fromkeys(kernels_compiled._KERNELS, broken))
+    assert kernels_compiled.compiled_kernels_enabled()
     with pytest.warns(RuntimeWarning, match="compiled quantizer kernels failed .*no working C\\+\\+ compiler"):
         fallback = step()
-    assert not quantizers.compiled_kernels_enabled()
+    assert not kernels_compiled.compiled_kernels_enabled()
     for first, second in zip(eager, fallback):
         assert torch.equal(first, second)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from gmpq_ray.core.cost.bops import CostModel
-from gmpq_ray.core.cost.repair import policy_searched_bops, repair_policy
+from gmpq_ray.core.cost.bops import CostModel, searched_bops
+from gmpq_ray.core.cost.repair import repair_policy
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits, Policy
 
@@ -21,7 +21,7 @@ def uniform(cost: CostModel, model: str, w: int, a: int, fixed=None) -> Policy:
 
 
 def assert_within_and_maximal(policy: Policy, cost: CostModel, limit: float, w_cands, a_cands) -> None:
-    bops = policy_searched_bops(policy.layers, cost.macs)
+    bops = searched_bops(policy.layers, cost.macs)
     assert bops <= limit
     assert bops == cost.policy_bops(policy)[0]
     candidates = {"w_bits": sorted(w_cands), "a_bits": sorted(a_cands)}
@@ -45,7 +45,7 @@ def test_digits_repair_within_limit_and_maximal(start):
     assert repaired.fixed_layers == FIXED and repaired.model == "digits_cnn" and repaired.input_size == 16
     # The budget (33 M) lies between uniform 2-bit (26 M) and uniform 3-bit (58 M): mixed bits.
     assert not repaired.is_uniform()
-    assert policy_searched_bops(repaired.layers, DIGITS.macs) > 26e6
+    assert searched_bops(repaired.layers, DIGITS.macs) > 26e6
 
 
 def test_repair_does_not_change_the_proposal():
@@ -59,7 +59,7 @@ def test_resnet18_repair_within_limit_and_maximal():
     proposal = Policy("resnet18", {n: LayerBits(6, 6) for n in RESNET18.searched})
     repaired = repair_policy(proposal, RESNET18.macs, 15.3e9, [2, 3, 4, 6], [2, 3, 4, 6])
     assert_within_and_maximal(repaired, RESNET18, 15.3e9, [2, 3, 4, 6], [2, 3, 4, 6])
-    assert policy_searched_bops(repaired.layers, RESNET18.macs) > 0.9 * 15.3e9
+    assert searched_bops(repaired.layers, RESNET18.macs) > 0.9 * 15.3e9
 
 
 def test_repair_is_deterministic():
@@ -84,13 +84,13 @@ def test_no_fill_keeps_a_policy_within_the_limit():
     kept = repair_policy(proposal, DIGITS.macs, 33e6, [2, 3, 4], [2, 3, 4], fill=False)
     assert kept.layers == proposal.layers and kept.fixed_layers == proposal.fixed_layers
     filled = repair_policy(proposal, DIGITS.macs, 33e6, [2, 3, 4], [2, 3, 4], fill=True)
-    assert policy_searched_bops(filled.layers, DIGITS.macs) > policy_searched_bops(proposal.layers, DIGITS.macs)
+    assert searched_bops(filled.layers, DIGITS.macs) > searched_bops(proposal.layers, DIGITS.macs)
 
 
 def test_no_fill_still_meets_the_limit():
     proposal = uniform(DIGITS, "digits_cnn", 4, 4)
     repaired = repair_policy(proposal, DIGITS.macs, 33e6, [2, 3, 4], [2, 3, 4], fill=False)
-    assert policy_searched_bops(repaired.layers, DIGITS.macs) <= 33e6
+    assert searched_bops(repaired.layers, DIGITS.macs) <= 33e6
 
 
 def test_value_function_steers_which_bits_are_kept():
