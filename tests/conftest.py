@@ -1,4 +1,4 @@
-"""Shared fixtures: a small job written to a temp dir, and one local Ray for the suite."""
+"""Shared fixtures: a small job written to a temp dir, and one local Ray for the whole suite."""
 
 from __future__ import annotations
 
@@ -47,11 +47,36 @@ def write_job(folder: Path, **overrides) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray runtime (2 CPUs, no dashboard) shared by the tests of one module."""
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts down, at the end of the session, the local Ray that :func:`ray_local` started."""
+    yield
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """One local Ray runtime (2 CPUs, no dashboard) for every test that asks for it.
+
+    Started by the first such test and kept to the end of the session (starting Ray costs
+    seconds each time); a test that shut it down (see :func:`no_ray`) gets a new one. What a run
+    under test starts itself (``start_ray``) joins it and leaves it up.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture
+def no_ray():
+    """For a test that needs no Ray in this process (it joins a cluster of its own, or checks what
+    happens before Ray starts): the shared local Ray is shut down first."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -339,7 +339,7 @@ def test_a_truncated_png_names_its_path(tmp_path):
 
     from gmpq_ray.core.data.datasets import build_split
     from gmpq_ray.core.errors import UserInputError, one_line
-    from tests.finetune_helpers import make_image_folder
+    from tests.finetune.finetune_helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1, size=32)
     image = _truncate_one(root)
@@ -358,7 +358,7 @@ def test_a_truncated_png_names_its_path(tmp_path):
 
 def test_a_truncated_png_ends_a_search_in_one_line(tmp_path, capsys):
     """The teacher reads every image first, in the driver, before Ray starts."""
-    from tests.finetune_helpers import make_image_folder
+    from tests.finetune.finetune_helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1, size=16)
     image = _truncate_one(root)
@@ -390,7 +390,7 @@ def test_a_test_split_with_other_classes_ends_a_search_in_one_line(tmp_path, cap
     """ROOT/test/ (the held-out test split) must hold train/'s class folders: refused before Ray starts."""
     import shutil
 
-    from tests.finetune_helpers import make_image_folder
+    from tests.finetune.finetune_helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1, size=16)
     shutil.copytree(root / "val" / "circle", root / "test" / "circle")

@@ -9,7 +9,7 @@ import pytest
 from gmpq_ray.cli import main
 from gmpq_ray.runtime import RunFolder, study_url
 from tests.conftest import write_job
-from tests.finetune_helpers import make_image_folder, mixed_policy, save_fp_weights, write_finetune_job
+from tests.finetune.finetune_helpers import make_image_folder, mixed_policy, save_fp_weights, write_finetune_job
 
 
 def refused(capsys, argv: list[str], expected: str) -> None:

@@ -12,12 +12,14 @@ Error messages quote values through :func:`short_repr`, so no value makes an err
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import enum
 import math
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from gmpq_ray.core.errors import UserInputError
@@ -213,9 +215,60 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} at {where}")
 
 
+def config_to_dict(obj: Any, omit_defaults: tuple[type, ...] = ()) -> dict[str, Any]:
+    """The plain-data form of a config dataclass, which :func:`parse` reads back to an equal one.
+
+    Nested dataclasses become mappings, tuples lists, paths strings and enums their values; fields
+    that :func:`parse` does not take (``init=False``) are left out, and so are the fields of the
+    classes in ``omit_defaults`` that hold their default (``ParamSpec(value=3.0)`` -> ``{value: 3.0}``).
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Budget:
+        ...     epochs: int = 2
+        ...     root: Path | None = None
+        >>> config_to_dict(Budget(root=Path("/data")))
+        {'epochs': 2, 'root': '/data'}
+    """
+    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        raise TypeError(f"config_to_dict expects a dataclass instance, got {type(obj).__name__}")
+    return _plain(obj, omit_defaults)
+
+
+def _plain(value: Any, omit_defaults: tuple[type, ...]) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        omit = isinstance(value, omit_defaults)
+        data = {}
+        for field in dataclasses.fields(value):
+            if not field.init:
+                continue
+            item = getattr(value, field.name)
+            if omit and _is_default(field, item):
+                continue
+            data[field.name] = _plain(item, omit_defaults)
+        return data
+    if isinstance(value, Mapping):
+        return {key: _plain(item, omit_defaults) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, omit_defaults) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    return copy.deepcopy(value)
+
+
+def _is_default(field: dataclasses.Field, value: Any) -> bool:
+    if field.default is not dataclasses.MISSING:
+        return value == field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return value == field.default_factory()
+    return False
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """The plain-data form of a config dataclass (round-trips through :func:`parse`)."""
-    return dataclasses.asdict(obj)
+    return config_to_dict(obj)
 
 
 def require_name(name: str, where: str) -> None:

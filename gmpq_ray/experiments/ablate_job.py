@@ -24,18 +24,17 @@ and validated here, before anything runs.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import key_path, load_yaml, parse, require, require_name, short_repr
+from gmpq_ray.core.config import config_to_dict, key_path, load_yaml, parse, require, require_name, short_repr
 from gmpq_ray.core.data.bundle import DataConfig
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models.pretrained import is_weights_name
 from gmpq_ray.finetune.job import FinetuneJob
-from gmpq_ray.search.job import Job, parse_job
+from gmpq_ray.search.job import Job, ParamSpec, ResourcesConfig, SearchConfig, TeacherConfig, parse_job
 
 # Labels become folder names and part of each pair's job name.
 MAX_LABEL_LENGTH = 60
@@ -49,7 +48,7 @@ class ArchitectureConfig:
     """One row of the table: an architecture's search space and, optionally, its FP weights on the target."""
 
     label: str
-    searchspace: Any
+    searchspace: Any  # a search space YAML path (relative to the job) or an inline mapping, as in a search job
     fp_state_dict: str | None = None
 
 
@@ -82,15 +81,16 @@ class TargetConfig:
 
 @dataclass
 class AblationConfig:
-    """The YAML of ``gmpq ablate`` (the search sections are checked by building each pair's job)."""
+    """The YAML of ``gmpq ablate``: its shared search sections are typed here, each pair's job is built from them."""
 
     name: str
     architectures: list[ArchitectureConfig]
     search_datasets: list[SearchDatasetConfig]
     target: TargetConfig
-    teacher: dict[str, Any] = field(default_factory=dict)
-    search: dict[str, Any] = field(default_factory=dict)
-    resources: dict[str, Any] = field(default_factory=dict)
+    # Shared by every pair's search job, parsed and checked here once (errors name the section).
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def validate(self, where: str) -> None:
         require_name(self.name, f"{key_path(where)}name")
@@ -154,9 +154,13 @@ def load_ablation_job(path: str | Path) -> AblationJob:
             raise UserInputError(f"{where}: give fp_state_dict (FP weights on the target) or target.fp_epochs >= 1")
         for dataset in config.search_datasets:
             dataset.data.resolve_paths(base)
+            # The pair's search job goes through the one Job builder (search space, paths, the
+            # checks across sections), from the shared sections as parsed above.
             raw = {"name": f"{config.name}-{slug(arch.label)}-{slug(dataset.label)}".replace(".", "_"),
-                   "searchspace": arch.searchspace, "data": _data_dict(dataset.data), "teacher": config.teacher,
-                   "search": config.search, "resources": config.resources}
+                   "searchspace": arch.searchspace, "data": _data_dict(dataset.data),
+                   "teacher": config_to_dict(config.teacher),
+                   "search": config_to_dict(config.search, omit_defaults=(ParamSpec,)),
+                   "resources": config_to_dict(config.resources)}
             search = parse_job(raw, path)
             finetune = _finetune_job(config, search, arch, where)
             pairs.append(Pair(arch.label, dataset.label, search, finetune))
@@ -164,7 +168,7 @@ def load_ablation_job(path: str | Path) -> AblationJob:
 
 
 def _data_dict(data: DataConfig) -> dict[str, Any]:
-    return dataclasses.asdict(data)
+    return config_to_dict(data)
 
 
 def _finetune_job(config: AblationConfig, search: Job, arch: ArchitectureConfig, where: str) -> FinetuneJob:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmpq_ray.core.config import key_path, load_yaml, parse, require, short_repr
+from gmpq_ray.core.config import config_to_dict, key_path, load_yaml, parse, require, short_repr
 from gmpq_ray.core.errors import UserInputError
-from gmpq_ray.search.job import Job, SearchConfig, job_to_dict, parse_job
+from gmpq_ray.search.job import Job, ParamSpec, SearchConfig, parse_job
 
 METHODS = ("differentiable", "sampling", "proxy")
 # Every compared policy is trained once per seed: bounds on what one comparison may ask.
@@ -61,6 +61,8 @@ class EvaluationConfig:
 class CompareConfig:
     """What ``gmpq compare`` runs besides the base job."""
 
+    # Per method, the search settings that differ from the job's ``search`` section: the loader
+    # lays them over it and parses the result once, as that method's SearchConfig.
     methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {m: {} for m in METHODS})
     budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(num_trials=4))
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -97,7 +99,7 @@ def load_compare_job(path: str | Path) -> CompareJob:
         where = f"{path}: compare.methods.{method}"
         if not isinstance(overrides, dict):
             raise UserInputError(f"{where}: expected a mapping of search settings")
-        settings = {**job_to_dict(base)["search"], **overrides, "method": method}
+        settings = {**config_to_dict(base.search, omit_defaults=(ParamSpec,)), **overrides, "method": method}
         if compare.budget.num_trials is not None:
             settings.update(num_trials=compare.budget.num_trials, time_budget_s=None)
         else:

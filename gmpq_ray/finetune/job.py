@@ -18,7 +18,6 @@ This module imports no Ray.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from typing import Any, Literal
 from gmpq_ray.core.config import (
     MAX_CLASSES,
     MAX_IMAGE_SIZE,
+    config_to_dict,
     key_path,
     load_yaml,
     parse,
@@ -151,7 +151,7 @@ def load_finetune_job(path: str | Path) -> FinetuneJob:
 
 def job_to_dict(job: FinetuneJob) -> dict[str, Any]:
     """Plain data of a resolved job (what a run folder keeps as ``job.yaml``)."""
-    return dataclasses.asdict(job)
+    return config_to_dict(job)
 
 
 def job_from_dict(data: dict[str, Any], where: str) -> FinetuneJob:

@@ -7,7 +7,6 @@ the resources per trial. See ``jobs/quickstart.yaml``. This module imports no Ra
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,15 +233,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     :func:`load_job` reads it back to the same job; a run folder keeps it as ``job.yaml`` so that
     ``--resume`` needs nothing else.
     """
-    space = dataclasses.asdict(job.space)
-    space["bops_limit"] = f"{job.space.bops_limit / 1e6:.6f}M"
-    data = dataclasses.asdict(job)
-    data.pop("base_dir")
-    data["searchspace"] = space
-    data["search"]["params"] = {
-        name: {key: value for key, value in spec.items() if value is not None and not (key == "log" and not value)}
-        for name, spec in data["search"]["params"].items()
-    }
+    from gmpq_ray.core.config import config_to_dict
+
+    data = config_to_dict(job, omit_defaults=(ParamSpec,))  # a ParamSpec keeps only what it sets
+    data["searchspace"]["bops_limit"] = f"{job.space.bops_limit / 1e6:.6f}M"
     return data
 
 

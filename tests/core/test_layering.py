@@ -1,13 +1,15 @@
-"""``gmpq_ray.core`` imports and runs on a host with PyTorch but neither Ray nor Optuna."""
+"""The layers of gmpq_ray: ``core`` runs with PyTorch but neither Ray nor Optuna, and every package\nimports only the packages below it (read from the sources with ``ast``)."""
 
 from __future__ import annotations
 
+import ast
 import os
-import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,23 +69,77 @@ def test_core_imports_and_runs_without_ray_or_optuna():
     assert "core ok without ray/optuna" in result.stdout
 
 
-UPPER_IMPORT = re.compile(r"^\s*(from|import)\s+(ray|optuna|gmpq_ray\.(search|cli|report|finetune))\b")
+# What each part of gmpq_ray may import: the other parts (PACKAGE is gmpq_ray's own __init__,
+# which holds __version__) and the Ray and Optuna libraries. Imports anywhere in a module count,
+# those inside functions too. Every package and top-level module of gmpq_ray must have a row.
+PACKAGE = "gmpq_ray"
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),  # pure PyTorch: no Ray, no Optuna, nothing of gmpq_ray outside core
+    "runtime": {PACKAGE, "core", "ray"},
+    "report": {"core"},  # figures and tables from plain data: no search internals
+    "export": {PACKAGE, "core", "finetune"},  # reads finetune run folders
+    "search": {"core", "runtime", "report", "ray", "optuna"},
+    "finetune": {"core", "runtime", "export", "ray"},  # export only when a job asks for model.onnx
+    "experiments": {"core", "runtime", "report", "search", "finetune", "export", "ray", "optuna"},
+    "commands": {PACKAGE, "core", "runtime", "report", "search", "finetune", "export", "experiments"},
+    "cli": {PACKAGE, "core", "runtime", "commands"},
+    "api": {PACKAGE, "search", "finetune", "export", "experiments"},
+    "_versions": set(),
+    "__init__": {"_versions"},
+}
+WATCHED_LIBRARIES = ("ray", "optuna")
 
 
-def test_upper_import_pattern():
-    assert UPPER_IMPORT.match("    from ray import tune")
-    assert UPPER_IMPORT.match("import optuna.trial")
-    assert UPPER_IMPORT.match("from gmpq_ray.search.trial import x")
-    assert not UPPER_IMPORT.match("from gmpq_ray.core.policy import Policy")
-    assert not UPPER_IMPORT.match("import rayleigh")
+def _part(path: Path) -> str:
+    """The row of ``ALLOWED`` a source file belongs to: its package, or a top-level module's name."""
+    parts = path.relative_to(REPO / PACKAGE).parts
+    return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
 
 
-def test_core_sources_do_not_import_upper_layers():
-    """Also catches imports inside functions, which the subprocess test only sees when they run."""
-    offenders = [
-        f"{path.name}:{number}: {line.strip()}"
-        for path in sorted((REPO / "gmpq_ray" / "core").rglob("*.py"))
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if UPPER_IMPORT.match(line)
-    ]
-    assert offenders == []
+def _imported(path: Path) -> set[str]:
+    """The parts of gmpq_ray and the watched libraries ``path`` imports, read with ``ast``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}:{node.lineno}: a relative import; gmpq_ray imports absolutely"
+            modules = [node.module]
+            if node.module == PACKAGE:  # from gmpq_ray import api
+                modules += [f"{PACKAGE}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for module in modules:
+            top, _, rest = module.partition(".")
+            if top in WATCHED_LIBRARIES:
+                found.add(top)
+            elif top == PACKAGE:
+                part = rest.partition(".")[0]
+                found.add(part if part in ALLOWED else PACKAGE)
+    return found
+
+
+def _imports_by_part() -> dict[str, set[str]]:
+    by_part: dict[str, set[str]] = {}
+    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+        part = _part(path)
+        by_part.setdefault(part, set()).update(_imported(path) - {part})
+    return by_part
+
+
+def test_every_part_of_the_package_has_a_row():
+    parts = {_part(path) for path in (REPO / PACKAGE).rglob("*.py")}
+    missing = sorted(parts - set(ALLOWED))
+    assert not missing, f"gmpq_ray parts without a row in ALLOWED (say what they may import): {missing}"
+    assert not sorted(set(ALLOWED) - parts), "rows of ALLOWED for parts that no longer exist"
+
+
+@pytest.mark.parametrize("part", sorted(ALLOWED))
+def test_each_part_imports_only_what_its_layer_allows(part):
+    imported = _imports_by_part().get(part, set())
+    assert not imported - ALLOWED[part], f"gmpq_ray.{part} imports {sorted(imported - ALLOWED[part])}"
+
+
+def test_the_reader_sees_imports_inside_functions():
+    """finetune imports export only inside the function that writes model.onnx."""
+    assert "export" in _imported(REPO / PACKAGE / "finetune" / "runner.py")

@@ -102,7 +102,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     assert main(["search", "--resume", str(out)]) == 0
 
 
-def test_an_unreachable_address_is_refused_quickly_and_writes_nothing(tmp_path, capsys):
+def test_an_unreachable_address_is_refused_quickly_and_writes_nothing(tmp_path, capsys, no_ray):
     job = write_job(tmp_path)
     out = tmp_path / "run"
     start = time.monotonic()

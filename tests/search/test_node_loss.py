@@ -15,7 +15,7 @@ from tests.search.test_reliability import trial_results, wait_for
 pytestmark = pytest.mark.ray
 
 
-def test_search_survives_the_loss_of_a_node(tmp_path):
+def test_search_survives_the_loss_of_a_node(tmp_path, no_ray):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

@@ -12,7 +12,7 @@ from gmpq_ray.core.data.bundle import DataConfig, load_digits
 from gmpq_ray.core.data.datasets import DATASETS, build_split, dataset_spec, eval_transform, num_classes_of, train_transform
 from gmpq_ray.core.data.sharding import eval_shard_loader, train_shard_loader
 from gmpq_ray.core.errors import UserInputError
-from tests.finetune_helpers import CLASSES, make_image_folder
+from tests.finetune.finetune_helpers import CLASSES, make_image_folder
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from gmpq_ray.experiments.ablate_job import load_ablation_job
 from gmpq_ray.export import CHECK_FILE
 from gmpq_ray.finetune.job import load_finetune_job
 from tests.conftest import REPO
-from tests.finetune_helpers import make_image_folder, mixed_policy, save_fp_weights, write_finetune_job
+from tests.finetune.finetune_helpers import make_image_folder, mixed_policy, save_fp_weights, write_finetune_job
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

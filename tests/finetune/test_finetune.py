@@ -20,7 +20,14 @@ from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.quant.convert import apply_policy
 from gmpq_ray.core.quant.layers import QuantConv2d, QuantLinear
 from gmpq_ray.finetune.job import job_to_dict, load_finetune_job
-from tests.finetune_helpers import CLASSES, IMAGE_SIZE, make_image_folder, mixed_policy, save_fp_weights, write_finetune_job
+from tests.finetune.finetune_helpers import (
+    CLASSES,
+    IMAGE_SIZE,
+    make_image_folder,
+    mixed_policy,
+    save_fp_weights,
+    write_finetune_job,
+)
 
 
 @pytest.fixture
