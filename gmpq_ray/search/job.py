@@ -20,7 +20,11 @@ from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models.pretrained import is_weights_name
 from gmpq_ray.core.objective.complexity_term import DEFAULT_DUAL_LR, REFERENCE_CD, ComplexityForm
 from gmpq_ray.core.train.teacher import TeacherPrecision
+from gmpq_ray.search.methods import METHOD_NAMES
 from gmpq_ray.search.metrics import TRIAL_METRICS
+
+# The ``search.method`` names: the registered search methods (gmpq_ray.search.methods).
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 # Hyper-parameters of the differentiable search that a job may tune, with their defaults.
 # Where the GMPQ reference code (ZiweiWangTHU/GMPQ, search_attention.py; its README's search
@@ -106,7 +110,7 @@ class PrunerConfig:
 class SearchConfig:
     """How the search runs: method, trials, epochs, objective, sampler and tuned parameters."""
 
-    method: Literal["differentiable", "sampling", "proxy"] = "differentiable"
+    method: MethodName = "differentiable"
     epochs: int = 6
     num_trials: int = 2
     max_concurrent_trials: int = 2
