@@ -213,19 +213,28 @@ class ResourcesConfig:
 
 
 @dataclass
-class Job:
-    """A whole search job."""
+class JobFile:
+    """A search job as its YAML file gives it: the search space a path (relative to the file)
+    or an inline mapping. :func:`parse_job` resolves it into a :class:`Job`."""
 
     name: str
+    # A path or a mapping, checked when it is resolved (so that any other value gets one message).
     searchspace: Any
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    base_dir: str = field(default=".", init=False)
 
     def validate(self, where: str) -> None:
         require_name(self.name, f"{key_path(where)}name")
+
+
+@dataclass
+class Job(JobFile):
+    """A whole search job, resolved: its search space parsed, its paths absolute."""
+
+    searchspace: SearchSpace
+    base_dir: str = field(default=".", init=False)
 
     @property
     def space(self) -> SearchSpace:
@@ -258,10 +267,11 @@ def load_job(path: str | Path) -> Job:
 
 def parse_job(raw: Any, path: Path) -> Job:
     """Validate and resolve a parsed job mapping read from ``path``."""
-    job = parse(Job, raw, str(path))
+    written = parse(JobFile, raw, str(path))
     base = path.resolve().parent
+    settings = {f.name: getattr(written, f.name) for f in dataclasses.fields(JobFile)}
+    job = Job(**{**settings, "searchspace": _load_space(written.searchspace, base, f"{path}: searchspace")})
     job.base_dir = str(base)
-    job.searchspace = _load_space(job.searchspace, base, f"{path}: searchspace")
     job.data.resolve_paths(base)
     if job.teacher.state_dict is not None and not is_weights_name(job.teacher.state_dict):
         state = (base / job.teacher.state_dict).resolve()
