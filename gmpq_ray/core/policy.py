@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gmpq_ray.core.atomic import write_text_atomic
 from gmpq_ray.core.config import MAX_IMAGE_SIZE, key_path, read_text_file, short_repr
 from gmpq_ray.core.errors import UserInputError
 
@@ -217,12 +217,6 @@ class Policy:
                     )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 PROVENANCE_KINDS = ("argmax", "repaired", "filled", "proposal")
 
 
@@ -238,16 +232,3 @@ def _provenance(data: Any, source: str) -> dict[str, Any]:
     return dict(data)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file 0600; results are shared like any other file (0644 under umask 022).
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -31,6 +31,7 @@ import ray
 import torch
 import yaml
 
+from gmpq_ray.core.atomic import save_torch_atomic
 from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.errors import NoResultError, UserInputError
 from gmpq_ray.core.models.pretrained import is_weights_name, local_path, read_state_dict
@@ -46,7 +47,7 @@ from gmpq_ray.finetune.runner import FINAL_FILE, finetune, latest_checkpoint
 from gmpq_ray.report.transfer import FULL_PRECISION, plot_transfer_bits, transfer_markdown
 from gmpq_ray.runtime import Interrupted, RunFolder, StopSignals, check_new_output
 from gmpq_ray.runtime.cluster import start_ray
-from gmpq_ray.search.runner import check_trial_resources, run_search, save_atomic
+from gmpq_ray.search.runner import check_trial_resources, run_search
 
 JOB_COPY = "ablation.yaml"
 RUN_KIND = "ablate"
@@ -185,13 +186,13 @@ def _fp_weights(job: AblationJob, arch: ArchitectureConfig, finetune_job: Finetu
     path = folder / FP_STATE
     if arch.fp_state_dict is not None and not path.is_file():  # pretrained by name: a file for the workers
         folder.mkdir(parents=True, exist_ok=True)
-        save_atomic(read_state_dict(arch.fp_state_dict, f"architectures[{arch.label}].fp_state_dict"), path)
+        save_torch_atomic(read_state_dict(arch.fp_state_dict, f"architectures[{arch.label}].fp_state_dict"), path)
     if not path.is_file():
         target = job.config.target
         log(f"== {arch.label}: training the FP model on the target ({target.fp_epochs} epochs) ==")
         state = ray.get(_train_fp_remote.options(**_task_resources(finetune_job)).remote(finetune_job, target.fp_epochs, target.fp_lr))
         folder.mkdir(parents=True, exist_ok=True)
-        save_atomic(state, path)
+        save_torch_atomic(state, path)
     return path
 
 

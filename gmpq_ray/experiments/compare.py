@@ -20,6 +20,7 @@ import pandas as pd
 import ray
 import torch
 
+from gmpq_ray.core.atomic import save_torch_atomic
 from gmpq_ray.core.models.pretrained import local_path
 from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import Policy, write_text_atomic
@@ -30,7 +31,8 @@ from gmpq_ray.report.pareto import plot_pareto
 from gmpq_ray.runtime import RunFolder, check_new_output
 from gmpq_ray.runtime.cluster import start_ray
 from gmpq_ray.search.job import Job
-from gmpq_ray.search.runner import TEACHER_FILE, check_trial_resources, run_search, save_atomic, train_teacher
+from gmpq_ray.search.runner import check_trial_resources, run_search
+from gmpq_ray.search.teacher import TEACHER_FILE, train_teacher
 
 RUN_KIND = "compare"
 
@@ -80,7 +82,7 @@ def run_compare(
             except BaseException:
                 folder.rollback()
                 raise
-            save_atomic(teacher_state, out / TEACHER_FILE)
+            save_torch_atomic(teacher_state, out / TEACHER_FILE)
             searches = {}
             for method, method_job in job.methods.items():
                 method_job = dataclasses.replace(method_job, teacher=dataclasses.replace(method_job.teacher, state_dict=str(out / TEACHER_FILE)))

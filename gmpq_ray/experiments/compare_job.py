@@ -22,8 +22,9 @@ from typing import Any
 from gmpq_ray.core.config import config_to_dict, key_path, load_yaml, parse, require, short_repr
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.search.job import Job, ParamSpec, SearchConfig, parse_job
+from gmpq_ray.search.methods import METHOD_NAMES
 
-METHODS = ("differentiable", "sampling", "proxy")
+METHODS = METHOD_NAMES  # the search methods, in the registry's order: differentiable, sampling, proxy
 # Every compared policy is trained once per seed: bounds on what one comparison may ask.
 MAX_SEEDS = 100
 MAX_RANDOM_POLICIES = 1000

@@ -95,7 +95,7 @@ def activation_grid(layer: QuantConv2d | QuantLinear) -> ActivationGrid | None:
     quantizer = layer.act_quant
     signed = quantizer.is_signed()
     levels = signed_levels(bits) if signed else unsigned_levels(bits)
-    # The same float32 operations as the quantizer's step size (core.quantizers._activation_scales).
+    # The same float32 operations as the quantizer's step size (core.quant.grid.activation_scales).
     effective = quantizer.clip.detach().abs().float().cpu() + 1e-8
     scale = float(effective / torch.tensor(float(levels), dtype=torch.float32))
     return ActivationGrid(bits, signed, scale, -levels if signed else 0, levels)

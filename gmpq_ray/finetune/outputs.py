@@ -29,9 +29,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from gmpq_ray.core.atomic import save_torch_atomic
 from gmpq_ray.core.config import load_yaml
 from gmpq_ray.core.cost.bops import format_bops
 from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.models.pretrained import load_torch_file
 from gmpq_ray.core.policy import Policy, write_text_atomic
 from gmpq_ray.finetune.job import FinetuneJob, job_from_dict, resume_conflicts
 from gmpq_ray.runtime import check_new_output
@@ -52,12 +54,15 @@ def checkpoint_name(epoch: int) -> str:
 def load_state(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """The ``state.pt`` of a checkpoint folder; an unreadable one is a :class:`UserInputError`."""
     path = Path(folder) / STATE_FILE
+
+    def unreadable(err: BaseException) -> str:  # a truncated or foreign file: say which, not how torch failed
+        return f"checkpoint {path} is unreadable ({type(err).__name__}); pass --overwrite to start the finetune over"
+
+    state = load_torch_file(path, unreadable, map_location=device)
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
         missing = {"model", "optimizer", "epoch", "history"} - set(state)
-    except Exception as err:  # a truncated or foreign file: say which, not how torch failed
-        raise UserInputError(f"checkpoint {path} is unreadable ({type(err).__name__}); "
-                             f"pass --overwrite to start the finetune over") from None
+    except TypeError as err:
+        raise UserInputError(unreadable(err)) from None
     if missing:
         raise UserInputError(f"checkpoint {path} lacks {sorted(missing)}; pass --overwrite to start the finetune over")
     return state
@@ -142,9 +147,7 @@ def write_outputs(out: Path, job: FinetuneJob, bops: tuple[int, int], log: Calla
             "bops_searched_g": bops[0] / 1e9, "bops_total_g": bops[1] / 1e9,
             "input_size": job.deployment_input_size(), "workers": last["workers"], "policy": str(out / POLICY_FILE),
         }
-        tmp = out / f".{MODEL_FILE}.tmp"
-        torch.save(state["model"], tmp)
-        tmp.replace(out / MODEL_FILE)
+        save_torch_atomic(state["model"], out / MODEL_FILE)
         write_text_atomic(out / FINAL_FILE, json.dumps(final, indent=2) + "\n")
         log(f"\n== finetune {job.name}: {state['epoch']} epoch(s), {seconds:.0f} s ==\n"
             f"{history.to_string(index=False, float_format=lambda v: f'{v:.4g}')}\n\n"

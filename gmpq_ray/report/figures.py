@@ -10,18 +10,17 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gmpq_ray.core.atomic import write_atomic  # noqa: E402
 from gmpq_ray.core.policy import Policy  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:
     """Write ``fig`` as a PNG atomically (temporary file, then rename) and close it."""
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def plot_policy(policy: Policy, path: str | Path, title: str | None = None) -> Path:

@@ -7,6 +7,7 @@ the resources per trial. See ``jobs/quickstart.yaml``. This module imports no Ra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,11 @@ from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models.pretrained import is_weights_name
 from gmpq_ray.core.objective.complexity_term import DEFAULT_DUAL_LR, REFERENCE_CD, ComplexityForm
 from gmpq_ray.core.train.teacher import TeacherPrecision
+from gmpq_ray.search.methods import METHOD_NAMES
 from gmpq_ray.search.metrics import TRIAL_METRICS
+
+# The ``search.method`` names: the registered search methods (gmpq_ray.search.methods).
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 # Hyper-parameters of the differentiable search that a job may tune, with their defaults.
 # Where the GMPQ reference code (ZiweiWangTHU/GMPQ, search_attention.py; its README's search
@@ -105,7 +110,7 @@ class PrunerConfig:
 class SearchConfig:
     """How the search runs: method, trials, epochs, objective, sampler and tuned parameters."""
 
-    method: Literal["differentiable", "sampling", "proxy"] = "differentiable"
+    method: MethodName = "differentiable"
     epochs: int = 6
     num_trials: int = 2
     max_concurrent_trials: int = 2
@@ -208,19 +213,28 @@ class ResourcesConfig:
 
 
 @dataclass
-class Job:
-    """A whole search job."""
+class JobFile:
+    """A search job as its YAML file gives it: the search space a path (relative to the file)
+    or an inline mapping. :func:`parse_job` resolves it into a :class:`Job`."""
 
     name: str
+    # A path or a mapping, checked when it is resolved (so that any other value gets one message).
     searchspace: Any
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    base_dir: str = field(default=".", init=False)
 
     def validate(self, where: str) -> None:
         require_name(self.name, f"{key_path(where)}name")
+
+
+@dataclass
+class Job(JobFile):
+    """A whole search job, resolved: its search space parsed, its paths absolute."""
+
+    searchspace: SearchSpace
+    base_dir: str = field(default=".", init=False)
 
     @property
     def space(self) -> SearchSpace:
@@ -248,10 +262,11 @@ def load_job(path: str | Path) -> Job:
 
 def parse_job(raw: Any, path: Path) -> Job:
     """Validate and resolve a parsed job mapping read from ``path``."""
-    job = parse(Job, raw, str(path))
+    written = parse(JobFile, raw, str(path))
     base = path.resolve().parent
+    settings = {f.name: getattr(written, f.name) for f in dataclasses.fields(JobFile)}
+    job = Job(**{**settings, "searchspace": _load_space(written.searchspace, base, f"{path}: searchspace")})
     job.base_dir = str(base)
-    job.searchspace = _load_space(job.searchspace, base, f"{path}: searchspace")
     job.data.resolve_paths(base)
     if job.teacher.state_dict is not None and not is_weights_name(job.teacher.state_dict):
         state = (base / job.teacher.state_dict).resolve()

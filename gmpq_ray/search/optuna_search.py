@@ -22,7 +22,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from gmpq_ray.runtime.signals import stop_requested
-from gmpq_ray.search.metrics import TRIAL_METRICS
+from gmpq_ray.search.metrics import BUDGET_BOPS_G, DONE, ERROR, TRIAL_METRICS
 
 CONSTRAINT_KEY = "bops_limit"
 
@@ -45,7 +45,7 @@ class RecordingOptunaSearch(OptunaSearch):
         self.stop_reasons[trial_id] = reason
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if stop_requested() and not (result or {}).get("done"):
+        if stop_requested() and not (result or {}).get(DONE):
             # Tune stops the running trials of an interrupted search as if they had completed;
             # their Optuna trials stay open so that ``--resume`` can report to them.
             return None
@@ -53,15 +53,15 @@ class RecordingOptunaSearch(OptunaSearch):
         if ot_trial is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         result = result or {}
-        bops = result.get("budget_bops_g")
+        bops = result.get(BUDGET_BOPS_G)
         if bops is not None and math.isfinite(bops):
             ot_trial.set_constraint(CONSTRAINT_KEY, bops - self.bops_limit_g)
         for name in TRIAL_METRICS:
             value = result.get(name)
             if isinstance(value, float) and math.isfinite(value):
                 ot_trial.set_user_attr(name, value)
-        if result.get("error"):
-            ot_trial.set_user_attr("error", str(result["error"])[:500])
+        if result.get(ERROR):
+            ot_trial.set_user_attr(ERROR, str(result[ERROR])[:500])
         reason = self.stop_reasons.get(trial_id)
         if reason is None:
             return super().on_trial_complete(trial_id, result, error)

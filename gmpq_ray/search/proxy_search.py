@@ -20,9 +20,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import pandas as pd
 import ray
 import torch
@@ -37,10 +36,14 @@ from gmpq_ray.core.proxy.solver import choice_bops
 from gmpq_ray.core.quant.calibration import calibrate
 from gmpq_ray.core.quant.convert import apply_policy
 from gmpq_ray.core.train.evaluation import evaluate_with_arc
-from gmpq_ray.runtime import StopSignals, study_url
+from gmpq_ray.runtime import StopSignals
 from gmpq_ray.search.job import Job
 from gmpq_ray.search.optuna_search import RecordingOptunaSearch
-from gmpq_ray.search.trial import POLICY_FILE, TrialContext, seed_everything, trial_device
+from gmpq_ray.search.trial_setup import POLICY_FILE, TrialContext, prepare_trial, trial_device
+from gmpq_ray.search.tune_fit import STUDY_FILE, TUNE_DIR, save_state_every_step, trainable
+
+if TYPE_CHECKING:
+    from gmpq_ray.search.methods import SearchMethod
 
 PROXY_SCORES_FILE = "proxy_scores.csv"
 # What a proxy trial reports besides the metrics every trial reports (TRIAL_METRICS).
@@ -112,15 +115,10 @@ def scores_table(scores: Scores, macs: dict[str, int]) -> pd.DataFrame:
 
 def proxy_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable of the proxy search: score, solve, evaluate, report once."""
-    job = context.job
+    # One solve, seeded by the search's seed alone.
+    setup = prepare_trial(context, trial_id=None)
+    job, data, device, teacher = setup.job, setup.data, setup.device, setup.teacher.eval()
     space = job.space
-    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
-    seed_everything(job.search.seed)
-    device = trial_device(job)
-    data = job.data.load()
-    teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
-    teacher.load_state_dict(context.teacher_state)
-    teacher.eval().requires_grad_(False)
     cost = space.cost_model()
     layers = list(cost.searched)
     candidates = [LayerBits(w, a) for w in space.w_bits for a in space.a_bits]
@@ -156,13 +154,6 @@ def proxy_trial(config: dict[str, Any], context: TrialContext) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-class _NoParameters:
-    """Optuna define-by-run space that suggests nothing: a solve has no hyper-parameter to tune."""
-
-    def __call__(self, trial) -> None:
-        return None
-
-
 class ProxyRecordingSearch(RecordingOptunaSearch):
     """Records, besides the common metrics, the proxy, its damage and the scoring/solve seconds."""
 
@@ -181,28 +172,20 @@ class ProxyRecordingSearch(RecordingOptunaSearch):
         return super().on_trial_complete(trial_id, result, error)
 
 
-def proxy_fit(job: Job, out: Path, teacher_state: dict[str, torch.Tensor], signals: StopSignals, resume: bool) -> tune.ResultGrid:
-    """The proxy search's Tune experiment (one trial, one solve) in ``out/tune``; what
-    :func:`gmpq_ray.search.runner.run_search` runs for ``search.method: proxy``."""
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # The trial mostly waits on its scoring tasks, which hold the CPUs (and GPUs) of the search;
-    # it reserves none itself (Tune refuses an empty request: one byte of memory stands in).
-    trainable = tune.with_resources(tune.with_parameters(proxy_trial, context=TrialContext(job=job, teacher_state=teacher_state)),
-                                    tune.PlacementGroupFactory([{"memory": 1}]))
+def proxy_fit(method: SearchMethod, job: Job, out: Path, teacher_state: dict[str, torch.Tensor], signals: StopSignals,
+              resume: bool) -> tune.ResultGrid:
+    """The proxy search's Tune experiment (one trial, one solve, no scheduler) in ``out/tune``;
+    what :meth:`gmpq_ray.search.methods.proxy.ProxyMethod.fit` runs."""
+    save_state_every_step()
     if resume:
-        tuner = tune.Tuner.restore(str(out / "tune"), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable(method, job, teacher_state),
+                                   resume_unfinished=True, resume_errored=True)
     else:
-        searcher = ProxyRecordingSearch(
-            proxy=job.search.proxy, space=_NoParameters(), metric=job.search.metric, mode=job.search.mode,
-            bops_limit_g=job.space.bops_limit / 1e9, sampler=optuna.samplers.RandomSampler(seed=job.search.seed),
-            storage=optuna.storages.RDBStorage(study_url(out / "study.db")), study_name=job.name,
-        )
         tuner = tune.Tuner(
-            trainable,
-            param_space={},
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=1, max_concurrent_trials=1),
-            run_config=tune.RunConfig(name="tune", storage_path=str(out), checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            trainable(method, job, teacher_state),
+            param_space=method.param_space(job),
+            tune_config=tune.TuneConfig(search_alg=method.searcher(job, out / STUDY_FILE), num_samples=1, max_concurrent_trials=1),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       failure_config=tune.FailureConfig(max_failures=job.search.max_failures), verbose=1),
         )
     grid = signals.tune_fit(tuner)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,27 @@ import torch
 from ray import tune
 
 from gmpq_ray.core.cost.repair import repair_policy
-from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.policy import LayerBits, Policy
 from gmpq_ray.core.train.loop import NonFiniteLossError
 from gmpq_ray.core.train.qat import QATConfig, QATRun
-from gmpq_ray.search.metrics import TRIAL_METRICS
-from gmpq_ray.search.trial import (
+from gmpq_ray.search.metrics import (
+    ARGMAX_BOPS_G,
+    BUDGET_BOPS_G,
+    EPOCH,
+    ERROR,
+    EXPECTED_BOPS_G,
+    FILL_STEPS,
+    POLICY_BOPS_G,
+    REPAIR_STEPS,
+    TRIAL_METRICS,
+)
+from gmpq_ray.search.trial_setup import (
     POLICY_FILE,
     STATE_FILE,
     TrialContext,
     choose_quantizer_kernels,
-    seed_everything,
+    prepare_trial,
     training_pixels,
-    trial_device,
 )
 
 
@@ -91,23 +98,17 @@ def sampling_trial(config: dict[str, Any], context: TrialContext) -> None:
     proposal, policy = policy_to_evaluate(config, job)
     bops_g = policy.bops["searched_g"]
     nan = {name: float("nan") for name in TRIAL_METRICS}
-    steps = {key: float(policy.provenance.get(key, 0)) for key in ("repair_steps", "fill_steps")}
+    steps = {key: float(policy.provenance.get(key, 0)) for key in (REPAIR_STEPS, FILL_STEPS)}
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        tune.report({**nan, "epoch": 0, "argmax_bops_g": cost.policy_bops(proposal, space.fixed)[0] / 1e9,
-                     "expected_bops_g": bops_g, "policy_bops_g": bops_g, "budget_bops_g": bops_g, **steps})
+        tune.report({**nan, EPOCH: 0, ARGMAX_BOPS_G: cost.policy_bops(proposal, space.fixed)[0] / 1e9,
+                     EXPECTED_BOPS_G: bops_g, POLICY_BOPS_G: bops_g, BUDGET_BOPS_G: bops_g, **steps})
 
-    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
-    device = trial_device(job)
-    seed = job.search.seed + zlib.crc32(tune.get_context().get_trial_id().encode())
-    seed_everything(seed)
-    data = job.data.load()
-    teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
-    teacher.load_state_dict(context.teacher_state)
-    teacher.requires_grad_(False)
+    setup = prepare_trial(context, tune.get_context().get_trial_id())
+    data, device = setup.data, setup.device
     qat = QATConfig(epochs=job.search.epochs, lr=job.search.qat_lr, batch_size=job.data.batch_size)
     choose_quantizer_kernels(job, training_pixels(len(data.train), job.search.epochs, data.image_size), device)
-    run = QATRun(teacher, space.model, policy, data, qat, seed % 2**31, device, space.fixed)
+    run = QATRun(setup.teacher, space.model, policy, data, qat, setup.seed % 2**31, device, space.fixed)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             run.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True))
@@ -126,4 +127,4 @@ def sampling_trial(config: dict[str, Any], context: TrialContext) -> None:
                 policy.save(os.path.join(folder, POLICY_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     except NonFiniteLossError as err:
-        tune.report({**nan, "epoch": run.epoch, "budget_bops_g": bops_g, "error": str(err)})
+        tune.report({**nan, EPOCH: run.epoch, BUDGET_BOPS_G: bops_g, ERROR: str(err)})

@@ -27,7 +27,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from gmpq_ray.core.policy import write_text_atomic
 from gmpq_ray.search.job import PrunerConfig
-from gmpq_ray.search.metrics import STOP_ARC, STOP_BOPS_LIMIT
+from gmpq_ray.search.metrics import ARC, BUDGET_BOPS_G, EPOCH, STOP_ARC, STOP_BOPS_LIMIT
 from gmpq_ray.search.optuna_search import RecordingOptunaSearch
 
 STOP_REASONS_FILE = "stop_reasons.json"
@@ -96,11 +96,11 @@ class BudgetAndARCScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         trial_id = trial.trial_id
-        epoch = int(result.get("epoch", 0))
-        bops = result.get("budget_bops_g")
+        epoch = int(result.get(EPOCH, 0))
+        bops = result.get(BUDGET_BOPS_G)
         if bops is not None and math.isfinite(bops) and epoch >= self.bops_warmup_epochs and bops > self.bops_limit_g * (1 + self.bops_tolerance + 1e-9):
             return self._stop(trial_id, STOP_BOPS_LIMIT)
-        arc = result.get("arc")
+        arc = result.get(ARC)
         if self._arc_study is not None and arc is not None and math.isfinite(arc) and epoch >= 1:
             arc_trial = self._arc_trials.get(trial_id)
             if arc_trial is None:
@@ -115,7 +115,7 @@ class BudgetAndARCScheduler(FIFOScheduler):
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         arc_trial = self._arc_trials.pop(trial.trial_id, None)
         if arc_trial is not None:
-            arc = (result or {}).get("arc")
+            arc = (result or {}).get(ARC)
             finished = arc is not None and math.isfinite(arc)
             self._arc_study.tell(arc_trial, float(arc) if finished else None,
                                  state=optuna.trial.TrialState.COMPLETE if finished else optuna.trial.TrialState.FAIL)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zlib
 from typing import Any
 
 import ray
@@ -37,21 +36,17 @@ from gmpq_ray.core.quant.calibration import calibrate
 from gmpq_ray.core.train.loop import NonFiniteLossError
 from gmpq_ray.runtime.ray_train import quiet_ray_train_reports
 from gmpq_ray.search.job import Job
-from gmpq_ray.search.metrics import TRIAL_METRICS
+from gmpq_ray.search.metrics import EPOCH, ERROR, LOSS, TRIAL_METRICS
 from gmpq_ray.search.trial import (
-    STATE_FILE,
-    TrialContext,
     build_supernet,
-    choose_quantizer_kernels,
     make_objective,
     make_optimizers,
     restore_trial_state,
     save_policies,
-    seed_everything,
     train_and_evaluate_epoch,
-    training_pixels,
     trial_state,
 )
+from gmpq_ray.search.trial_setup import STATE_FILE, TrialContext, choose_quantizer_kernels, prepare_trial, training_pixels
 
 # Share of a trial's CPUs kept by the Tune trial's own process, which only waits on the trainer.
 COORDINATOR_CPU_SHARE = 0.01
@@ -98,7 +93,7 @@ def sharded_supernet_trial(config: dict[str, Any], context: TrialContext) -> Non
     )
     result = trainer.fit()
     metrics = dict(result.metrics or {})
-    if result.checkpoint is not None and not metrics.get("error"):
+    if result.checkpoint is not None and not metrics.get(ERROR):
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(result.checkpoint.path))
 
 
@@ -129,13 +124,12 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     space = job.space
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial / world)))
-    seed_everything(job.search.seed + zlib.crc32(loop_config["trial_id"].encode()))
-    data = job.data.load()
+    setup = prepare_trial(TrialContext(job, ray.get(loop_config["teacher_state"])), loop_config["trial_id"],
+                          threads=job.resources.cpus_per_trial / world, device=ray.train.torch.get_device())
+    data, device = setup.data, setup.device
     train_loader = train_shard_loader(data.train, job.data.batch_size, rank, world, job.search.seed, job.data.num_workers)
     _, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
-    teacher, supernet = build_supernet(job, ray.get(loop_config["teacher_state"]), data, device)
+    teacher, supernet = build_supernet(job, setup.teacher, device)
     supernet.to(device)
     weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs, job.search.schedule,
                                                       job.search.step_epochs)
@@ -164,10 +158,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             error = str(err)
         # Every worker must take the same branch, or the next collective would hang.
         if _sum_over_workers(float(error is not None), device) > 0:
-            ray.train.report({**{name: float("nan") for name in TRIAL_METRICS}, "epoch": epoch,
-                              "error": error or "the loss became non-finite on another worker"})
+            ray.train.report({**{name: float("nan") for name in TRIAL_METRICS}, EPOCH: epoch,
+                              ERROR: error or "the loss became non-finite on another worker"})
             return
-        metrics["loss"] = _sum_over_workers(metrics["loss"], device) / world
+        metrics[LOSS] = _sum_over_workers(metrics[LOSS], device) / world
         schedule.step()
         _report(metrics, policy, supernet, weight_opt, alpha_opt, schedule, epoch, rank, gmpq_objective, job)
 

@@ -13,92 +13,35 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 import tempfile
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ray import tune
 
 from gmpq_ray.core.cost.repair import repair_policy
-from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.core.objective.complexity_term import make_complexity
 from gmpq_ray.core.objective.loss import GMPQObjective
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.core.quant.calibration import calibrate, reestimated_batch_norm
 from gmpq_ray.core.quant.convert import argmax_policy, pinned_policy, supernet_layers, to_supernet
-from gmpq_ray.core.quant.kernels_compiled import compile_requested_by_environment, compiler_available, use_compiled_kernels
 from gmpq_ray.core.train.evaluation import evaluate_with_arc
 from gmpq_ray.core.train.loop import NonFiniteLossError, run_epoch
 from gmpq_ray.search.job import Job
-from gmpq_ray.search.metrics import TRIAL_METRICS
+from gmpq_ray.search.metrics import BUDGET_BOPS_G, EPOCH, ERROR, TRIAL_METRICS
+from gmpq_ray.search.trial_setup import (
+    POLICY_FILE,
+    STATE_FILE,
+    UNFILLED_POLICY_FILE,
+    TrialContext,
+    choose_quantizer_kernels,
+    prepare_trial,
+    training_pixels,
+)
 
-STATE_FILE = "trial_state.pt"
 # Training batches that re-estimate a derived policy's batch-norm statistics before it is scored.
 BN_BATCHES = 8
-POLICY_FILE = "policy.json"
-# With fill_budget on, the derived policy before the fill (the argmax, repaired if over the limit).
-UNFILLED_POLICY_FILE = "policy_unfilled.json"
-
-# ``quantizer_kernels: auto`` compiles the quantizer kernels for a worker that trains on at
-# least this many input pixels (images x epochs x height x width): the quantizers' work grows
-# with the activations, hence with the pixels. Compiling costs 5 to 20 s per worker process on
-# a 2-core CPU and saves about 0.25 s per ResNet18-CIFAR step of 32 images (1 M pixels, see
-# README, Performance), so it pays off after a few M pixels of a real network; the threshold
-# leaves room for small networks. A 25-epoch CIFAR-10 search trains on 1.3 G pixels, a 25-epoch
-# Flowers-102 search at 224x224 on 1.3 G too; the digits quick starts on 2 M.
-AUTO_COMPILE_MIN_PIXELS = 2**25
-# ... and only when a time budget, if the job has one, leaves room for the compilation.
-AUTO_COMPILE_MIN_BUDGET_S = 600.0
-
-
-@dataclass
-class TrialContext:
-    """What every trial of a search shares: the job and the FP teacher's weights."""
-
-    job: Job
-    teacher_state: dict[str, torch.Tensor]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def trial_device(job: Job) -> torch.device:
-    return torch.device("cuda" if job.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-
-
-def training_pixels(images_per_epoch: int, epochs: int, image_size: int) -> int:
-    """Input pixels a worker trains on: what :data:`AUTO_COMPILE_MIN_PIXELS` is compared with."""
-    return images_per_epoch * epochs * image_size * image_size
-
-
-def choose_quantizer_kernels(job: Job, pixels: int, device: torch.device) -> bool:
-    """Switch this worker's quantizers to compiled or eager kernels for a trial that trains on
-    ``pixels`` input pixels (:func:`training_pixels`), as ``search.quantizer_kernels`` says;
-    returns whether they are compiled.
-
-    ``auto`` follows ``GMPQ_COMPILE_QUANTIZERS`` where it is set, else compiles when the trial
-    trains on at least :data:`AUTO_COMPILE_MIN_PIXELS` pixels, the search's ``time_budget_s``
-    (if any) is at least :data:`AUTO_COMPILE_MIN_BUDGET_S`, and ``torch.compile`` has a toolchain.
-    """
-    choice = job.search.quantizer_kernels
-    if choice == "auto":
-        compiled = compile_requested_by_environment()
-        if compiled is None:
-            budget = job.search.time_budget_s
-            compiled = (pixels >= AUTO_COMPILE_MIN_PIXELS and (budget is None or budget >= AUTO_COMPILE_MIN_BUDGET_S)
-                        and compiler_available(device))
-    else:
-        compiled = choice == "compiled"
-    use_compiled_kernels(compiled)
-    return compiled
 
 
 def derive_policy(supernet: torch.nn.Module, job: Job, fill: bool | None = None) -> tuple[Policy, Policy]:
@@ -143,11 +86,9 @@ def score_policy(supernet, teacher, policy: Policy, job: Job, train_loader, val_
         return evaluate_with_arc(supernet, teacher, job.space.model, val_loader, device)
 
 
-def build_supernet(job: Job, teacher_state: dict[str, torch.Tensor], data, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The frozen FP teacher and a supernet initialized from its weights."""
+def build_supernet(job: Job, teacher: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The FP teacher frozen on ``device`` and a supernet initialized from its weights."""
     space = job.space
-    teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
-    teacher.load_state_dict(teacher_state)
     teacher.to(device).eval().requires_grad_(False)
     student = to_supernet(copy.deepcopy(teacher).requires_grad_(True), space.w_bits, space.a_bits, space.fixed_layers, space.fixed)
     return teacher, student
@@ -155,15 +96,11 @@ def build_supernet(job: Job, teacher_state: dict[str, torch.Tensor], data, devic
 
 def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable of the differentiable search (see module docstring)."""
-    job = context.job
+    setup = prepare_trial(context, tune.get_context().get_trial_id())
+    job, data, device = setup.job, setup.data, setup.device
     space = job.space
-    torch.set_num_threads(max(1, int(job.resources.cpus_per_trial)))
-    device = trial_device(job)
-    # A stable per-trial seed (str hashes change between processes).
-    seed_everything(job.search.seed + zlib.crc32(tune.get_context().get_trial_id().encode()))
-    data = job.data.load()
     train_loader, val_loader = data.loaders(job.data.batch_size, seed=job.search.seed)
-    teacher, supernet = build_supernet(job, context.teacher_state, data, device)
+    teacher, supernet = build_supernet(job, setup.teacher, device)
     supernet.to(device)
 
     weight_opt, alpha_opt, schedule = make_optimizers(supernet, config, job.search.epochs, job.search.schedule,
@@ -187,7 +124,7 @@ def supernet_trial(config: dict[str, Any], context: TrialContext) -> None:
         except NonFiniteLossError as err:
             # Retrying from the last checkpoint would diverge again: end the trial here, as
             # failed, with the reason in its last result (Optuna records it as FAIL).
-            tune.report({**{name: float("nan") for name in TRIAL_METRICS}, "epoch": epoch, "error": str(err)})
+            tune.report({**{name: float("nan") for name in TRIAL_METRICS}, EPOCH: epoch, ERROR: str(err)})
             return
         schedule.step()
         with tempfile.TemporaryDirectory() as folder:
@@ -308,7 +245,7 @@ def train_and_evaluate_epoch(epoch, supernet, teacher, objective, job, train_loa
     }
     # The scheduler holds the argmax policy to the limit: it is what the search chose (its
     # expected BOPs stay far from it while softmax(α) is flat, whatever the argmax does).
-    metrics["budget_bops_g"] = metrics["argmax_bops_g"]
+    metrics[BUDGET_BOPS_G] = metrics["argmax_bops_g"]
     bad = [name for name, value in metrics.items() if not math.isfinite(value)]
     if bad:
         raise NonFiniteLossError(f"epoch {epoch}: non-finite {', '.join(bad)}")

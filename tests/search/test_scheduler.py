@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -16,6 +17,23 @@ from gmpq_ray.search.runner import run_search
 from tests.conftest import write_job
 
 pytestmark = pytest.mark.ray
+
+
+def steps_up_that_fit(policy: Policy, cost: CostModel, limit: float, w_bits: list[int], a_bits: list[int]) -> list[str]:
+    """The single-layer steps up (one layer's weight or activation bits to the next candidate)
+    that keep ``policy`` within ``limit``, by the cost model's BOPs: none for a maximal policy."""
+    fitting = []
+    for name, bits in policy.layers.items():
+        for kind, options in (("w_bits", w_bits), ("a_bits", a_bits)):
+            current = getattr(bits, kind)
+            if current == max(options):
+                continue
+            higher = min(b for b in options if b > current)
+            raised = dataclasses.replace(bits, **{kind: higher})
+            stepped = dataclasses.replace(policy, layers={**policy.layers, name: raised})
+            if cost.policy_bops(stepped)[0] <= limit:
+                fitting.append(f"{name}.{kind} {current}->{higher}")
+    return fitting
 
 LAYERS = CostModel.for_model("digits_cnn", 16, 10, 1).searched
 
@@ -72,17 +90,13 @@ def test_repair_mode_evaluates_only_full_feasible_policies(tmp_path, ray_local):
     assert set(trials.status) == {"TERMINATED"} and len(trials) == 3
     cost = CostModel.for_model("digits_cnn", 16, 10, 1)
     limit = 33e6
-    for policy_file in (out / "tune").glob("*/checkpoint_*/policy.json"):
+    policy_files = sorted((out / "tune").glob("*/checkpoint_*/policy.json"))
+    assert len(policy_files) == 3  # one kept checkpoint a trial: every trial's policy is checked
+    for policy_file in policy_files:
         policy = Policy.load(policy_file)
         searched, _ = cost.policy_bops(policy)
         assert searched <= limit
-        for name, bits in policy.layers.items():  # no single step up still fits
-            for kind, options in (("w_bits", [2, 3, 4]), ("a_bits", [2, 3, 4])):
-                current = getattr(bits, kind)
-                if current < 4:
-                    higher = options[options.index(current) + 1]
-                    other = bits.a_bits if kind == "w_bits" else bits.w_bits
-                    assert searched + cost.macs[name] * other * (higher - current) > limit
+        assert steps_up_that_fit(policy, cost, limit, [2, 3, 4], [2, 3, 4]) == []
     # Raw proposals were mostly over the limit: repair mapped them in.
     assert (trials.argmax_bops_g > 0.033).any()
 

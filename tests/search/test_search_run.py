@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -16,8 +17,25 @@ from tests.conftest import write_job
 pytestmark = pytest.mark.ray
 
 
+def steps_up_that_fit(policy: Policy, cost: CostModel, limit: float, w_bits: list[int], a_bits: list[int]) -> list[str]:
+    """The single-layer steps up (one layer's weight or activation bits to the next candidate)
+    that keep ``policy`` within ``limit``, by the cost model's BOPs: none for a maximal policy."""
+    fitting = []
+    for name, bits in policy.layers.items():
+        for kind, options in (("w_bits", w_bits), ("a_bits", a_bits)):
+            current = getattr(bits, kind)
+            if current == max(options):
+                continue
+            higher = min(b for b in options if b > current)
+            raised = dataclasses.replace(bits, **{kind: higher})
+            stepped = dataclasses.replace(policy, layers={**policy.layers, name: raised})
+            if cost.policy_bops(stepped)[0] <= limit:
+                fitting.append(f"{name}.{kind} {current}->{higher}")
+    return fitting
+
+
 def test_search_writes_policy_study_trials_and_figure(tmp_path, ray_local):
-    job_path = write_job(tmp_path)
+    job_path = write_job(tmp_path, search__fill_budget=True)
     out = tmp_path / "run"
     lines: list[str] = []
     result = run_search(job_path, out, progress=False, log=lines.append)
@@ -28,8 +46,9 @@ def test_search_writes_policy_study_trials_and_figure(tmp_path, ray_local):
     searched, _ = cost.policy_bops(policy)
     assert searched <= 33e6
     assert policy.bops["searched_g"] == pytest.approx(searched / 1e9)
-    # The derived policy fills the budget: no single step up still fits.
+    # With fill_budget the derived policy fills the budget: no single step up still fits.
     policy.validate_layers(cost.searched, cost.fixed_layers, [2, 3, 4], [2, 3, 4])
+    assert steps_up_that_fit(policy, cost, 33e6, [2, 3, 4], [2, 3, 4]) == []
     assert not policy.is_uniform()
 
     trials = pd.read_csv(out / "trials.csv")

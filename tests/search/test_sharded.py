@@ -17,7 +17,7 @@ from gmpq_ray.search.job import load_job
 from gmpq_ray.search.metrics import TRIAL_METRICS
 from gmpq_ray.search.runner import run_search
 from gmpq_ray.search.sharded import sharded_supernet_trial, sharded_trial_resources, worker_resources
-from gmpq_ray.search.trial import POLICY_FILE, STATE_FILE, TrialContext
+from gmpq_ray.search.trial_setup import POLICY_FILE, STATE_FILE, TrialContext
 from tests.conftest import write_job
 
 pytestmark = pytest.mark.ray
@@ -56,7 +56,7 @@ def test_sharded_trial_reports_like_a_supernet_trial(tmp_path, ray_local):
 
 
 def test_run_search_with_two_workers_per_trial(tmp_path, ray_local):
-    """Needs ``runner._trainable`` to dispatch ``workers_per_trial > 1`` to ``sharded_supernet_trial``."""
+    """Needs the differentiable method to dispatch ``workers_per_trial > 1`` to ``sharded_supernet_trial``."""
     # No pruning: this test is about where the trial runs, not about how the search judges it.
     job = write_job(tmp_path, resources=SHARDED, search__num_trials=1, search__max_concurrent_trials=1,
                     search__bops_warmup_epochs=2, search__pruner={"type": "none"}, teacher__epochs=1)

@@ -20,8 +20,9 @@ Example::
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,21 @@ def local_path(source: str | None) -> str | None:
     return None if source is None or is_weights_name(source) else source
 
 
+def load_torch_file(path: str | Path, problem: Callable[[BaseException], str], map_location: torch.device | str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: the one way this project reads a saved state.
+
+    Args:
+        path: the file (a state dict, a checkpoint's state).
+        problem: the message of the :class:`UserInputError` raised when the file cannot be read,
+            from the error torch raised (a corrupt or foreign file: say which, not how torch failed).
+        map_location: where its tensors go.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise UserInputError(problem(err)) from None
+
+
 def read_state_dict(source: str | Path, where: str) -> dict[str, torch.Tensor]:
     """The state dict in file ``source``, or of the pretrained weights it names, on the CPU.
 
@@ -57,10 +73,7 @@ def read_state_dict(source: str | Path, where: str) -> dict[str, torch.Tensor]:
         name = str(source)
         state = _torchvision_state(name, where) if name.startswith(TORCHVISION_PREFIX) else _timm_state(name, where)
         return {key: value.detach().cpu() for key, value in state.items()}
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
-        raise UserInputError(f"{where} {source}: not a loadable PyTorch state dict ({type(err).__name__})") from None
+    state = load_torch_file(source, lambda err: f"{where} {source}: not a loadable PyTorch state dict ({type(err).__name__})")
     if not isinstance(state, Mapping):
         raise UserInputError(f"{where} {source}: holds a {type(state).__name__}, not a state dict")
     return dict(state)

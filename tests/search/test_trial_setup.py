@@ -7,7 +7,7 @@ import torch
 
 from gmpq_ray.core.quant import backends, kernels_compiled
 from gmpq_ray.search.job import load_job
-from gmpq_ray.search.trial import AUTO_COMPILE_MIN_PIXELS, choose_quantizer_kernels, training_pixels
+from gmpq_ray.search.trial_setup import AUTO_COMPILE_MIN_PIXELS, choose_quantizer_kernels, training_pixels
 from tests.conftest import REPO, write_job
 
 
@@ -49,17 +49,17 @@ def test_real_searches_compile_and_the_quick_starts_do_not():
 def test_auto_compiles_long_trials_where_a_compiler_is(tmp_path, monkeypatch):
     job = job_with(tmp_path, "auto")
     cpu = torch.device("cpu")
-    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
+    monkeypatch.setattr("gmpq_ray.search.trial_setup.compiler_available", lambda device: True)
     assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_PIXELS, cpu) is True
-    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: False)
+    monkeypatch.setattr("gmpq_ray.search.trial_setup.compiler_available", lambda device: False)
     assert choose_quantizer_kernels(job, AUTO_COMPILE_MIN_PIXELS, cpu) is False
     short = load_job(write_job(tmp_path, search__quantizer_kernels="auto", search__time_budget_s=60))
-    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
+    monkeypatch.setattr("gmpq_ray.search.trial_setup.compiler_available", lambda device: True)
     assert choose_quantizer_kernels(short, 10 * AUTO_COMPILE_MIN_PIXELS, cpu) is False  # no time to compile
     monkeypatch.setenv("GMPQ_COMPILE_QUANTIZERS", "1")  # the environment overrides auto, both ways
     assert choose_quantizer_kernels(job, 1, cpu) is True
     monkeypatch.setenv("GMPQ_COMPILE_QUANTIZERS", "0")
-    monkeypatch.setattr("gmpq_ray.search.trial.compiler_available", lambda device: True)
+    monkeypatch.setattr("gmpq_ray.search.trial_setup.compiler_available", lambda device: True)
     assert choose_quantizer_kernels(job, 10 * AUTO_COMPILE_MIN_PIXELS, cpu) is False
 
 

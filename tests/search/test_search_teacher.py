@@ -10,7 +10,7 @@ import torch
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.models.registry import create_model
 from gmpq_ray.search.job import load_job
-from gmpq_ray.search.runner import load_teacher_state
+from gmpq_ray.search.teacher import load_teacher_state
 from tests.conftest import write_job
 
 RESNET18_SPACE = {"model": "resnet18", "input_size": 224, "num_classes": 1000, "cifar_stem": True,
