@@ -17,6 +17,7 @@ from torch import nn
 
 from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.errors import UserInputError
+from gmpq_ray.core.models.pretrained import load_torch_file
 from gmpq_ray.core.models.registry import create_model, model_entry
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.core.quant.convert import apply_policy, default_fixed_layers
@@ -67,10 +68,7 @@ def load_policy_and_state(
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserInputError(f"{path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which, not how torch failed
-        raise UserInputError(f"{path}: not a loadable PyTorch state dict ({type(err).__name__})") from None
+    state = load_torch_file(path, lambda err: f"{path}: not a loadable PyTorch state dict ({type(err).__name__})")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a finetune checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
