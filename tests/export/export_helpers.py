@@ -37,7 +37,7 @@ def make_digits_run(folder: Path, fp_epochs: int = 2, qat_epochs: int = 1) -> Pa
     policy = quickstart_policy()
     model = quantized_copy(teacher, policy)
     calibrate(model, train_loader)
-    config = QATConfig(epochs=qat_epochs)
+    config = QATConfig()  # its lr and weight decay; the epochs are this helper's (0: calibrated only)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     for _ in range(qat_epochs):
         run_epoch(model, train_loader, cross_entropy, [optimizer], "cpu", desc="qat")
