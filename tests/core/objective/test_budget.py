@@ -18,7 +18,7 @@ def test_reference_term_is_cd_times_expected_bops_over_first_layer_macs():
 
 
 def test_multiplier_rises_over_the_limit_falls_under_the_band_and_holds_inside():
-    term = BudgetMultiplier(100.0, initial=0.0, step=0.5, low=0.9)
+    term = BudgetMultiplier(100.0, initial=0.0, step=0.5, low=0.9, high=1.0)
     term(torch.tensor(100.0), torch.tensor(130.0))
     term(torch.tensor(100.0), torch.tensor(130.0))
     assert float(term.multiplier) == pytest.approx(0.5 * 1.1 + 0.5)  # two steps up while over, the second harder
@@ -35,7 +35,7 @@ def test_inside_the_band_a_small_push_grows_towards_the_limit_and_never_builds_u
     """At the band's bottom no push, at its top the current step: the drift towards more bits
     that carried the argmax over the limit in the last epoch is resisted, and holding there
     does not accumulate (mu stays at the step, it does not ramp)."""
-    term = BudgetMultiplier(100.0, initial=0.0, step=0.4, low=0.9)
+    term = BudgetMultiplier(100.0, initial=0.0, step=0.4, low=0.9, high=1.0)
     pushes = []
     for argmax in (90.0, 93.0, 96.0, 99.0, 100.0):
         term(torch.tensor(100.0), torch.tensor(argmax))
@@ -50,6 +50,22 @@ def test_inside_the_band_a_small_push_grows_towards_the_limit_and_never_builds_u
     # Back inside after the excursion: the ramp is dropped (no windup carried into the band).
     term(torch.tensor(100.0), torch.tensor(91.0))
     assert float(term.multiplier) == pytest.approx(0.04, abs=1e-6)
+
+
+def test_the_band_tops_out_under_the_limit_so_a_one_step_drift_ends_inside():
+    """By default the band is [0.9, 0.97] x limit: the ramp starts above 0.97, not above the limit,
+    so the drift of one bit step (2 % of the limit on the digits) that carried the argmax to
+    1.02-1.04 x the limit in the last epochs lands at 0.98-1.0 instead."""
+    term = BudgetMultiplier(100.0, initial=0.0, step=0.5)
+    assert (term.low, term.high) == (0.9, 0.97)
+    term(torch.tensor(100.0), torch.tensor(98.0))  # under the limit, over the band: the ramp starts
+    assert float(term.multiplier) == pytest.approx(0.5)
+    term(torch.tensor(100.0), torch.tensor(98.0))
+    assert float(term.multiplier) == pytest.approx(0.5 * 1.1 + 0.5)
+    term(torch.tensor(100.0), torch.tensor(95.0))  # inside: the push is the height in the band
+    assert float(term.multiplier) == pytest.approx(0.5 * (0.95 - 0.9) / 0.07)
+    term(torch.tensor(100.0), torch.tensor(97.0))  # the band's top: the full step, no ramp
+    assert float(term.multiplier) == pytest.approx(0.5)
 
 
 def test_multiplier_gradient_pushes_expected_bops_towards_the_band():
