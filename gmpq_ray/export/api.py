@@ -9,8 +9,6 @@ weights off its grid) keeps both files for inspection and says so in the result.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gmpq_ray.core.atomic import write_atomic
 from gmpq_ray.core.cost.bops import CostModel, format_bops
 from gmpq_ray.core.errors import UserInputError
 from gmpq_ray.core.policy import LayerBits, Policy, write_text_atomic
@@ -125,7 +124,8 @@ def export_onnx(
                         else "QCDQ, int8/uint8 containers (opset 13)"),
     }
     proto = build_onnx_model(model, input_shape, metadata, int4=int4, producer_version=__version__)
-    _write_bytes_atomic(output, proto.SerializeToString())
+    data = proto.SerializeToString()
+    write_atomic(output, lambda tmp: tmp.write_bytes(data))
 
     agreement = compare_with_onnxruntime(model, output, images, labels)
     levels = weight_levels(proto, model)
@@ -137,7 +137,6 @@ def export_onnx(
         "layers": levels,
     }
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
-    _chmod_default(report_path)
     result = ExportResult(output, report_path, report)
     log(summary(result, bops))
     return result
@@ -215,23 +214,3 @@ def _check_policy(model: nn.Module, layers: dict[str, nn.Module], policy: Policy
     if differ:
         raise UserInputError(f"the policy's bits differ from the model's: {differ[:5]}")
     return policy
-
-
-def _chmod_default(path: Path) -> None:
-    """Give a file the mode a plain ``open`` would (0644 under the usual umask), not mkstemp's 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        _chmod_default(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import optuna
@@ -14,26 +13,10 @@ from gmpq_ray.core.errors import NoResultError
 from gmpq_ray.core.policy import Policy
 from gmpq_ray.search.job import ParamSpec, load_job
 from gmpq_ray.search.runner import run_search
-from tests.conftest import write_job
+from tests.conftest import steps_up_that_fit, write_job
 
 pytestmark = pytest.mark.ray
 
-
-def steps_up_that_fit(policy: Policy, cost: CostModel, limit: float, w_bits: list[int], a_bits: list[int]) -> list[str]:
-    """The single-layer steps up (one layer's weight or activation bits to the next candidate)
-    that keep ``policy`` within ``limit``, by the cost model's BOPs: none for a maximal policy."""
-    fitting = []
-    for name, bits in policy.layers.items():
-        for kind, options in (("w_bits", w_bits), ("a_bits", a_bits)):
-            current = getattr(bits, kind)
-            if current == max(options):
-                continue
-            higher = min(b for b in options if b > current)
-            raised = dataclasses.replace(bits, **{kind: higher})
-            stepped = dataclasses.replace(policy, layers={**policy.layers, name: raised})
-            if cost.policy_bops(stepped)[0] <= limit:
-                fitting.append(f"{name}.{kind} {current}->{higher}")
-    return fitting
 
 LAYERS = CostModel.for_model("digits_cnn", 16, 10, 1).searched
 
