@@ -12,6 +12,12 @@ import yaml
 from gmpq_ray.core.cost.bops import CostModel
 from gmpq_ray.core.policy import Policy
 
+# Under pytest-xdist (`-n 2`) each worker process gets its own Ray temp folder: two local Rays
+# sharing one folder would share its session_latest link and socket names.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["RAY_TMPDIR"] = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), os.environ["PYTEST_XDIST_WORKER"])
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Ray's workers inherit this: keep them from oversubscribing the 2 CI cores.

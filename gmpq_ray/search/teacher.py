@@ -57,6 +57,8 @@ def train_teacher(job: Job, progress: bool, log: Callable[[str], None],
     """Train the FP teacher on the job's small data set (from ``initial_state`` if given); returns its state dict on the CPU."""
     space = job.space
     data = job.data.load()
+    # Seeded before the model is built: its initial weights are part of what the seed fixes.
+    torch.manual_seed(job.search.seed)
     teacher = create_model(space.model, data.num_classes, data.in_channels, space.cifar_stem)
     if initial_state is not None:
         teacher.load_state_dict(initial_state)

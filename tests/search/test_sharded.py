@@ -29,9 +29,10 @@ def reported(trial_dir: Path) -> list[dict]:
 
 def test_run_search_with_two_workers_per_trial(tmp_path, ray_local):
     """Needs the differentiable method to dispatch ``workers_per_trial > 1`` to ``sharded_supernet_trial``."""
-    # No pruning: this test is about where the trial runs, not about how the search judges it.
+    # No pruning and no BOPs stop (the warm-up outlasts the 2 epochs): this test is about where the
+    # trial runs, not about how the search judges it.
     job = write_job(tmp_path, resources=SHARDED, search__num_trials=1, search__max_concurrent_trials=1,
-                    search__bops_warmup_epochs=2, search__pruner={"type": "none"}, teacher__epochs=1)
+                    search__bops_warmup_epochs=3, search__pruner={"type": "none"}, teacher__epochs=1)
     result = run_search(job, tmp_path / "run", progress=False, log=lambda _: None)
     trials = pd.read_csv(tmp_path / "run" / "trials.csv")
     assert list(trials.status) == ["TERMINATED"] and list(trials.epochs) == [2]
