@@ -52,20 +52,38 @@ def test_inside_the_band_a_small_push_grows_towards_the_limit_and_never_builds_u
     assert float(term.multiplier) == pytest.approx(0.04, abs=1e-6)
 
 
-def test_the_band_tops_out_under_the_limit_so_a_one_step_drift_ends_inside():
-    """By default the band is [0.9, 0.97] x limit: the ramp starts above 0.97, not above the limit,
-    so the drift of one bit step (2 % of the limit on the digits) that carried the argmax to
-    1.02-1.04 x the limit in the last epochs lands at 0.98-1.0 instead."""
+def test_the_band_is_the_targets_bottom_and_tops_out_under_the_limit():
+    """By default the band is [0.85, 0.95] x limit: the ramp down starts above 0.95, not above the
+    limit, so the drift of a bit step or two (2-4 % of the limit on the digits) left at the end of
+    a search lands under the limit; and an argmax at 0.87 x limit, on target, is not pulled up."""
     term = BudgetMultiplier(100.0, initial=0.0, step=0.5)
-    assert (term.low, term.high) == (0.9, 0.97)
-    term(torch.tensor(100.0), torch.tensor(98.0))  # under the limit, over the band: the ramp starts
+    assert (term.low, term.high) == (0.85, 0.95)
+    term(torch.tensor(100.0), torch.tensor(87.0))  # on target: the push is the (small) height in the band
+    assert float(term.multiplier) == pytest.approx(0.5 * (0.87 - 0.85) / 0.1)
+    term(torch.tensor(100.0), torch.tensor(96.0))  # under the limit, over the band: the ramp starts
+    assert float(term.multiplier) == pytest.approx(0.5 * (0.87 - 0.85) / 0.1 * 1.1 + 0.5)
+    term(torch.tensor(100.0), torch.tensor(95.0))  # the band's top: the full step, no ramp
     assert float(term.multiplier) == pytest.approx(0.5)
-    term(torch.tensor(100.0), torch.tensor(98.0))
-    assert float(term.multiplier) == pytest.approx(0.5 * 1.1 + 0.5)
-    term(torch.tensor(100.0), torch.tensor(95.0))  # inside: the push is the height in the band
-    assert float(term.multiplier) == pytest.approx(0.5 * (0.95 - 0.9) / 0.07)
-    term(torch.tensor(100.0), torch.tensor(97.0))  # the band's top: the full step, no ramp
-    assert float(term.multiplier) == pytest.approx(0.5)
+
+
+def test_the_step_halves_at_each_crossing_but_not_below_a_quarter_of_the_first_step():
+    """A step halved at every crossing fell to about 0.01 in the last epochs, and a late jump over
+    the limit then outlasted the search: the floor keeps the answer to it (and the in-band push)."""
+    term = BudgetMultiplier(100.0, initial=0.0, step=0.4)
+    for argmax in (120.0, 50.0, 120.0, 50.0, 120.0):
+        term(torch.tensor(100.0), torch.tensor(argmax))
+    assert float(term.step) == pytest.approx(0.1)  # 0.4 halved twice, then held
+    term(torch.tensor(100.0), torch.tensor(95.0))  # the band's top: the push is the floored step
+    assert float(term.multiplier) == pytest.approx(0.1)
+    other = BudgetMultiplier(100.0, initial=0.0, step=0.4)
+    other.load_state_dict(term.state_dict())
+    other(torch.tensor(100.0), torch.tensor(50.0))
+    assert float(other.step) == pytest.approx(0.1)
+    # Without the floor (the controller before it) the step keeps halving.
+    unfloored = BudgetMultiplier(100.0, initial=0.0, step=0.4, min_step_fraction=0.0)
+    for argmax in (120.0, 50.0, 120.0, 50.0, 120.0):
+        unfloored(torch.tensor(100.0), torch.tensor(argmax))
+    assert float(unfloored.step) == pytest.approx(0.4 / 16)
 
 
 def test_multiplier_gradient_pushes_expected_bops_towards_the_band():
