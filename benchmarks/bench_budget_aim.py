@@ -86,10 +86,11 @@ FORMS = {
 }
 
 
-def make_form(name: str, limit: float, first_macs: float, lambda_c: float, args: argparse.Namespace) -> ComplexityTerm:
+def make_form(name: str, limit: float, floor: float, first_macs: float, lambda_c: float,
+              args: argparse.Namespace) -> ComplexityTerm:
     form, band = FORMS[name]
     if form == "budget":
-        return BudgetMultiplier(limit, lambda_c, args.dual_lr, **band)
+        return BudgetMultiplier(limit, lambda_c, args.dual_lr, floor_bops=floor, **band)
     return make_complexity(form, limit, first_macs, lambda_c, args.dual_lr, args.cd)
 
 
@@ -150,7 +151,7 @@ def search(form: str, seed: int, lambda_c: float, lambda_attr: float, teacher: t
     supernet = to_supernet(copy.deepcopy(teacher).requires_grad_(True), space.w_bits, space.a_bits,
                            space.fixed_layers, space.fixed).to(device)
     calibrate(supernet, train_loader, device)
-    complexity = make_form(form, limit, first_macs, lambda_c, args)
+    complexity = make_form(form, limit, cost.floor_bops(space.w_bits, space.a_bits), first_macs, lambda_c, args)
     objective = GMPQObjective(supernet, teacher, space.model, cost, limit, lambda_attr, lambda_c, complexity=complexity)
     alphas = [p for n, p in supernet.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
     weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha_w", "alpha_a"))]

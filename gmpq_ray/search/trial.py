@@ -178,7 +178,8 @@ def make_objective(supernet: torch.nn.Module, teacher: torch.nn.Module, job: Job
     space = job.space
     first_searched = space.cost_model().searched[0]
     complexity = make_complexity(job.search.complexity, space.bops_limit, float(cost.macs[first_searched]),
-                                 config["lambda_c"], config["dual_lr"], config["cd"])
+                                 config["lambda_c"], config["dual_lr"], config["cd"],
+                                 floor_bops=cost.floor_bops(space.w_bits, space.a_bits))
     return GMPQObjective(
         supernet, teacher, space.model, cost, space.bops_limit, config["lambda_attr"], config["lambda_c"], config["kappa"],
         job.search.attribution, job.search.teacher_precision, p=config.get("p"), complexity=complexity,

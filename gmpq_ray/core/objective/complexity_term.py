@@ -126,6 +126,9 @@ class BudgetMultiplier(ComplexityTerm):
         high: the band's upper edge, as a share of the limit (the ramp down starts above it).
         min_step_fraction: the step never shrinks below this share of the first (0 lets it vanish,
             the controller before this floor).
+        floor_bops: the searched layers' BOPs all at their lowest bits. Where a tight limit puts
+            that floor over ``low`` x limit, the band becomes [floor, midway from the floor to the
+            limit]: a band the argmax cannot reach would push every layer to its lowest bits.
 
     Example:
         >>> term = BudgetMultiplier(100.0, initial=1.0, step=0.5)
@@ -140,8 +143,10 @@ class BudgetMultiplier(ComplexityTerm):
     """
 
     def __init__(self, bops_limit: float, initial: float, step: float, low: float = BUDGET_LOW,
-                 high: float = BUDGET_HIGH, min_step_fraction: float = MIN_STEP_FRACTION) -> None:
-        self.limit, self.low, self.high = float(bops_limit), float(low), float(high)
+                 high: float = BUDGET_HIGH, min_step_fraction: float = MIN_STEP_FRACTION, floor_bops: float = 0.0) -> None:
+        self.limit = float(bops_limit)
+        floor = float(floor_bops) / self.limit
+        self.low, self.high = max(float(low), floor), max(float(high), (floor + 1.0) / 2)
         self.multiplier = torch.tensor(float(initial))
         self.step = torch.tensor(float(step))
         self.min_step = float(step) * float(min_step_fraction)
@@ -175,10 +180,11 @@ class BudgetMultiplier(ComplexityTerm):
 
 
 def make_complexity(form: str, bops_limit: float, first_layer_macs: float, lambda_c: float, dual_lr: float,
-                    cd: float) -> ComplexityTerm:
-    """The complexity term a job's ``complexity`` names (see module doc)."""
+                    cd: float, floor_bops: float = 0.0) -> ComplexityTerm:
+    """The complexity term a job's ``complexity`` names (see module doc); ``floor_bops`` (the
+    searched layers all at their lowest bits) lets the budget form keep its band reachable."""
     if form == "reference":
         return ReferenceComplexity(cd, first_layer_macs)
     if form == "budget":
-        return BudgetMultiplier(bops_limit, lambda_c, dual_lr)
+        return BudgetMultiplier(bops_limit, lambda_c, dual_lr, floor_bops=floor_bops)
     raise ValueError(f"complexity must be one of {list(COMPLEXITY_FORMS)}, got {form!r}")

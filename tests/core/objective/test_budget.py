@@ -111,3 +111,16 @@ def test_make_complexity_refuses_an_unknown_form():
     assert isinstance(make_complexity("reference", 1e6, 1e4, 1.0, 0.05, 3e-4), ReferenceComplexity)
     with pytest.raises(ValueError, match="complexity must be one of"):
         make_complexity("linear", 1e6, 1e4, 1.0, 0.05, 3e-4)
+
+
+def test_a_limit_near_the_floor_moves_the_band_up_where_the_argmax_can_reach_it():
+    """At 27 M against a 26.1 M all-lowest floor (jobs/method_quality.yaml) the band [0.85, 0.95]
+    is out of reach: it would push every layer to its lowest bits. It becomes [floor, midway to
+    the limit] instead; a roomy limit keeps the default band."""
+    tight = BudgetMultiplier(27.0, initial=0.0, step=0.5, floor_bops=26.1)
+    assert tight.low == pytest.approx(26.1 / 27) and tight.high == pytest.approx((26.1 / 27 + 1) / 2)
+    tight(torch.tensor(27.0), torch.tensor(26.5))  # between the floor and the midway: no ramp down
+    assert 0 < float(tight.multiplier) <= 0.5
+    roomy = BudgetMultiplier(100.0, initial=0.0, step=0.5, floor_bops=50.0)
+    assert (roomy.low, roomy.high) == (0.85, 0.95)
+    assert make_complexity("budget", 27.0, 1.0, 1.0, 0.05, 3e-4, floor_bops=26.1).low == pytest.approx(26.1 / 27)
