@@ -81,7 +81,7 @@ def parse_args() -> argparse.Namespace:
 # Each form the bench compares: the complexity form and, for the budget form, its band and step floor.
 FORMS = {
     "budget": ("budget", {}),
-    "budget-before": ("budget", {"low": 0.9, "high": 0.97, "min_step_fraction": 0.0}),
+    "budget-before": ("budget", {"low": 0.9, "high": 0.97, "min_step_fraction": 0.0, "step_memory": 0.0}),
     "reference": ("reference", {}),
 }
 

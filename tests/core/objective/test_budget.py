@@ -124,3 +124,25 @@ def test_a_limit_near_the_floor_moves_the_band_up_where_the_argmax_can_reach_it(
     roomy = BudgetMultiplier(100.0, initial=0.0, step=0.5, floor_bops=50.0)
     assert (roomy.low, roomy.high) == (0.85, 0.95)
     assert make_complexity("budget", 27.0, 1.0, 1.0, 0.05, 3e-4, floor_bops=26.1).low == pytest.approx(26.1 / 27)
+
+
+def test_the_step_remembers_the_push_an_excursion_needed():
+    """A network that needs a push of 1.5 (ResNet-18) took 3-4 epochs to build it again from the
+    first step at every excursion; the step now keeps a tenth of the last excursion's push."""
+    term = BudgetMultiplier(100.0, initial=0.0, step=0.05)
+    for _ in range(30):  # a long excursion over the band: mu ramps up geometrically
+        term(torch.tensor(100.0), torch.tensor(150.0))
+    needed = float(term.multiplier)
+    assert needed > 5.0
+    term(torch.tensor(100.0), torch.tensor(90.0))  # back inside: the step remembers a tenth of the push
+    assert float(term.step) == pytest.approx(0.1 * needed, rel=1e-5)
+    steps_back = 0
+    while float(term.multiplier) > -needed / 2:  # under the band now: the pull reaches half that push fast
+        term(torch.tensor(100.0), torch.tensor(70.0))
+        steps_back += 1
+    assert steps_back <= 10  # from the first step (halved to 0.025) it would take about 39
+    # A short excursion whose push stayed under ten steps leaves the step as it was.
+    small = BudgetMultiplier(100.0, initial=0.0, step=0.05)
+    small(torch.tensor(100.0), torch.tensor(150.0))
+    small(torch.tensor(100.0), torch.tensor(90.0))
+    assert float(small.step) == pytest.approx(0.05)
