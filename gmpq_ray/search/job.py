@@ -37,7 +37,7 @@ SEARCH_PARAM_DEFAULTS: dict[str, float] = {
     "kappa": 24.0,          # --product 24: p = kappa * mean_l 1/(E[b_w] E[b_a]) (capacity-aware)
     "cd": REFERENCE_CD,     # --cd 3e-4: weight of E[BOPs]/MACs(first searched layer), complexity: reference
     # Not in the reference: the budget multiplier (complexity: budget, the default here) starts
-    # at lambda_c and moves by dual_lr per step while the argmax policy is outside the band.
+    # at lambda_c and its first step is dual_lr (see core/objective/complexity_term.py).
     "lambda_c": 1.0,
     "dual_lr": DEFAULT_DUAL_LR,
 }
