@@ -23,17 +23,33 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+# One colour per row kind of a comparison (seaborn's "deep" palette); the search trials of a
+# method take its colour too. Kinds not listed (a new plug-in method) are gray.
+METHOD_COLORS = {
+    "differentiable": "#4C72B0",
+    "differentiable + fill": "#64B5CD",
+    "sampling": "#DD8452",
+    "proxy": "#937860",
+    "uniform": "#55A868",
+    "random feasible": "#8172B2",
+}
+
+
+def method_color(method: str) -> str:
+    """The colour of a comparison row (``random-N`` rows share the random baselines' colour)."""
+    return METHOD_COLORS.get("random feasible" if method.startswith("random-") else method, "gray")
+
+
 def plot_pareto(table: pd.DataFrame, trials: dict[str, pd.DataFrame], bops_limit_g: float, path: str | Path) -> Path:
     """Accuracy against BOPs: every evaluated policy (mean ± std over seeds), the search
     trials' own (search-time) accuracy faintly, the limit, and the evaluated Pareto front."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {"differentiable": "#4C72B0", "sampling": "#DD8452", "uniform": "#55A868"}
     for method, frame in trials.items():
         done = frame.dropna(subset=["policy_bops_g", "policy_accuracy"])
-        ax.scatter(done.policy_bops_g, 100 * done.policy_accuracy, s=14, alpha=0.3, color=colors.get(method, "gray"),
+        ax.scatter(done.policy_bops_g, 100 * done.policy_accuracy, s=14, alpha=0.3, color=method_color(method),
                    label=f"{method} search trials (search-time accuracy)")
     for row in table.itertuples():
-        color = colors.get(row.method, "#8172B2")
+        color = method_color(row.method)
         label = row.method if not row.method.startswith("random-") or row.method == "random-1" else None
         if row.method.startswith("random-"):
             label = "random feasible" if row.method == "random-1" else None
