@@ -40,7 +40,14 @@ from gmpq_ray.runtime import StopSignals
 from gmpq_ray.search.job import Job
 from gmpq_ray.search.optuna_search import RecordingOptunaSearch
 from gmpq_ray.search.trial_setup import POLICY_FILE, TrialContext, prepare_trial, trial_device
-from gmpq_ray.search.tune_fit import STUDY_FILE, TUNE_DIR, save_state_every_step, trainable
+from gmpq_ray.search.tune_fit import (
+    STUDY_FILE,
+    TUNE_DIR,
+    StagingClaimed,
+    experiment_in_its_own_second,
+    save_state_every_step,
+    trainable,
+)
 
 if TYPE_CHECKING:
     from gmpq_ray.search.methods import SearchMethod
@@ -186,9 +193,11 @@ def proxy_fit(method: SearchMethod, job: Job, out: Path, teacher_state: dict[str
             param_space=method.param_space(job),
             tune_config=tune.TuneConfig(search_alg=method.searcher(job, out / STUDY_FILE), num_samples=1, max_concurrent_trials=1),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      failure_config=tune.FailureConfig(max_failures=job.search.max_failures), verbose=1),
+                                      failure_config=tune.FailureConfig(max_failures=job.search.max_failures),
+                                      callbacks=[StagingClaimed()], verbose=1),
         )
-    grid = signals.tune_fit(tuner)
+    with experiment_in_its_own_second():
+        grid = signals.tune_fit(tuner)
     for result in grid:
         if result.checkpoint is not None and not result.error:
             with result.checkpoint.as_directory() as folder:

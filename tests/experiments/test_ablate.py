@@ -53,6 +53,10 @@ def test_reduced_quickstart_writes_the_table_and_figures(tmp_path, ray_local):
     for row in saved.iloc[1:3].itertuples():
         folder = out / "digits_cnn" / row.search_dataset.replace(" ", "_").replace("%", "")
         policy = Policy.load(folder / "search" / "best_policy.json")
+        # The searches run at once: each run folder holds its own trial and experiment state only
+        # (Tune staged two experiments started in one second in one folder, and synced it to both).
+        assert len(list((folder / "search" / "tune").glob("supernet_trial_*"))) == 1
+        assert len(list((folder / "search" / "tune").glob("experiment_state-*.json"))) == 1
         assert (row.bops_searched_g * 1e9, row.bops_total_g * 1e9) == pytest.approx(cost.policy_bops(policy))
         assert row.bops_searched_g <= 0.033 + 1e-12
         assert (folder / "finetune" / "final_metrics.json").is_file() and (folder / "finetune" / "model.pt").is_file()
